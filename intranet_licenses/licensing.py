@@ -1,0 +1,113 @@
+"""The license in force: installing one, reading its status, and the seat limits it grants."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+from functools import lru_cache
+
+from sqlalchemy import select
+
+from . import audit
+from .extension import config
+from .license_file import POOLS, Status, evaluate, load_public_keys
+from .models import InstalledLicense
+
+
+class LicenseRefused(Exception):
+    """A license that cannot be installed; ``status`` says why."""
+
+    def __init__(self, status: Status):
+        super().__init__(f"{status.sentence} The license in force was not changed.")
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Current:
+    """The license in force and when it was installed (None when none is installed)."""
+
+    status: Status
+    installed_at: datetime | None
+
+
+@lru_cache(maxsize=16)
+def _keys(values: tuple[str, ...]):
+    return load_public_keys(list(values))
+
+
+@lru_cache(maxsize=64)
+def _evaluate(text: str | None, keys: tuple[str, ...], site_name: str, today: date) -> Status:
+    return evaluate(text, _keys(keys), site_name, today)
+
+
+def _config_keys() -> tuple[str, ...]:
+    value = config("PUBLIC_KEYS")
+    if isinstance(value, str):
+        value = [value]
+    return tuple(str(v) for v in value)
+
+
+def check_text(text: str | None, today: date) -> Status:
+    """The status ``text`` would have if it were installed today, on this site."""
+    return _evaluate(text, _config_keys(), config("SITE_NAME"), today)
+
+
+def current(session, today: date) -> Current:
+    """The license in force and its status on ``today`` (UTC)."""
+    row = session.execute(
+        select(InstalledLicense.text, InstalledLicense.installed_at)
+        .order_by(InstalledLicense.id.desc())
+        .limit(1)
+    ).first()
+    if row is None:
+        return Current(check_text(None, today), None)
+    return Current(check_text(row.text, today), row.installed_at)
+
+
+def limits(session, today: date) -> dict[str, int | None]:
+    """Seats per pool for admissions: None is Unlimited; every limit is 0 unless valid."""
+    status = current(session, today).status
+    if not status.valid:
+        return dict.fromkeys(POOLS, 0)
+    return {pool: status.license.pool_limit(pool) for pool in POOLS}
+
+
+def install(session, text: str, *, actor: str, now: datetime, path: str) -> Status:
+    """Install ``text`` if it is a valid license for this site; else raise LicenseRefused."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    status = check_text(text, now.date())
+    if not status.valid:
+        audit.record(
+            session,
+            at=now,
+            actor=actor,
+            action="install",
+            path=path,
+            outcome="refused",
+            detail=status.sentence,
+        )
+        raise LicenseRefused(status)
+    session.add(InstalledLicense(text=text, installed_at=now, installed_by=actor))
+    audit.record(
+        session,
+        at=now,
+        actor=actor,
+        action="install",
+        path=path,
+        detail=f"Registered to {status.license.registered_to or 'nobody'}",
+    )
+    session.flush()
+    return status
+
+
+def validity_sentence(current: Current) -> str:
+    """'License is valid. Last updated on: DATE. License expires: Never' or what is wrong."""
+    status = current.status
+    if not status.valid:
+        return status.sentence
+    updated = current.installed_at.strftime("%Y-%m-%d") if current.installed_at else "unknown"
+    expires = status.license.expires
+    return (
+        f"License is valid. Last updated on: {updated}. "
+        f"License expires: {expires.isoformat() if expires else 'Never'}"
+    )

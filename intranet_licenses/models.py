@@ -1,0 +1,142 @@
+"""The extension's own tables, all prefixed ``licenses_``, beside the host's user table."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+#: Pools a seat is taken from (DESIGN.md "Words").
+POOLS = ("intranet", "extranet", "readonly")
+#: The Primary Area's name on the command line and in CSV files.
+PRIMARY_AREA = "primary"
+
+#: Why a profile is blocked.
+BLOCKED_BY_ADMIN = "admin"
+AWAITING_LICENSE = "license"
+BLOCKED_BY_DIRECTORY = "directory"
+BLOCK_REASONS = (BLOCKED_BY_ADMIN, AWAITING_LICENSE, BLOCKED_BY_DIRECTORY)
+
+#: How a profile came to be.
+SOURCES = ("single", "csv", "directory", "sso", "host")
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class Base(DeclarativeBase):
+    """Declarative base with the extension's own metadata (not the host's)."""
+
+    metadata = metadata
+
+
+class Profile(Base):
+    """The license side of one row of the host's user table, keyed by the host's user id.
+
+    The host's table stays the source of truth for who exists, their names and whether
+    they are active. This row holds what licensing adds: the area and pool, the seat the
+    person holds right now, why they are blocked, and where they came from. The ``*_key``
+    columns are lower-cased copies kept for indexed, case-insensitive prefix search and
+    for case-insensitive username matching; the seat service refreshes them on every flush.
+    """
+
+    __tablename__ = "licenses_profile"
+
+    user_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    area: Mapped[str] = mapped_column(String(64), default=PRIMARY_AREA)
+    readonly: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: The pool the person belongs to (derived from area and readonly).
+    pool: Mapped[str] = mapped_column(String(16))
+    #: The pool whose seat the person holds now; NULL when blocked or exempt.
+    seat_pool: Mapped[str | None] = mapped_column(String(16))
+    #: The built-in administrator account never takes a seat.
+    exempt: Mapped[bool] = mapped_column(Boolean, default=False)
+    block_reason: Mapped[str | None] = mapped_column(String(16))
+    #: When the person started waiting for a license (oldest first is activated first).
+    waiting_since: Mapped[datetime | None] = mapped_column(DateTime)
+    source: Mapped[str] = mapped_column(String(16), default="host")
+    #: The directory's stable id (objectGUID or entryUUID) for directory profiles.
+    directory_id: Mapped[str | None] = mapped_column(String(128), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    username_key: Mapped[str] = mapped_column(String(255), unique=True)
+    first_name_key: Mapped[str] = mapped_column(String(255), default="")
+    surname_key: Mapped[str] = mapped_column(String(255), default="")
+    email_key: Mapped[str] = mapped_column(String(255), default="")
+
+    __table_args__ = (
+        Index("ix_licenses_profile_first_name_key", "first_name_key"),
+        Index("ix_licenses_profile_surname_key", "surname_key"),
+        Index("ix_licenses_profile_email_key", "email_key"),
+        Index("ix_licenses_profile_block_reason", "block_reason", "waiting_since"),
+        Index("ix_licenses_profile_area", "area", "user_id"),
+        Index("ix_licenses_profile_pool", "pool", "user_id"),
+    )
+
+
+class SeatCounter(Base):
+    """Seats in use per pool: read in constant time, and the row admissions lock."""
+
+    __tablename__ = "licenses_seat_counter"
+
+    pool: Mapped[str] = mapped_column(String(16), primary_key=True)
+    used: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class InstalledLicense(Base):
+    """Every license ever installed; the newest row is the one in force."""
+
+    __tablename__ = "licenses_installed"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    text: Mapped[str] = mapped_column(Text)
+    installed_at: Mapped[datetime] = mapped_column(DateTime)
+    installed_by: Mapped[str] = mapped_column(String(255))
+
+
+class AuditEvent(Base):
+    """One seat action: who, when, which path, what, and how it ended (rule 11)."""
+
+    __tablename__ = "licenses_audit"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime, index=True)
+    actor: Mapped[str] = mapped_column(String(255))
+    #: add, block, unblock, delete, move, activate, install, import, sync, setting, ...
+    action: Mapped[str] = mapped_column(String(32))
+    #: single, csv, directory, sso, host, cli, page, ...
+    path: Mapped[str] = mapped_column(String(32))
+    subject: Mapped[str | None] = mapped_column(String(255))
+    pool: Mapped[str | None] = mapped_column(String(16))
+    #: ok, refused, error
+    outcome: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class Setting(Base):
+    """Small named values a sysadmin changes at run time (for example the Responsible person)."""
+
+    __tablename__ = "licenses_setting"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+def utcnow() -> datetime:
+    """Now in UTC, naive, as every ``*_at`` column stores it."""
+    return datetime.now(UTC).replace(tzinfo=None)

@@ -1,0 +1,122 @@
+"""Finding people: the People page's filtered, searched, keyset-paginated list."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import literal, or_, select
+
+from .extension import adapter
+from .models import Profile
+
+#: The highest code point: ``key >= q AND key < q + TOP`` selects keys that start with q
+#: through the index on every database.
+_TOP = "\U0010ffff"
+
+
+@dataclass(frozen=True)
+class PersonRow:
+    id: int
+    username: str
+    first_name: str
+    surname: str
+    email: str
+    active: bool
+    area: str
+    pool: str
+    readonly: bool
+    block_reason: str | None
+    source: str
+    exempt: bool
+    created_at: datetime | None
+    last_login_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Page:
+    rows: list[PersonRow]
+    #: Keyset cursors: the id to continue after, or to go back before (None at an end).
+    next_after: int | None
+    prev_before: int | None
+
+
+def _columns():
+    ad = adapter()
+    created = ad.column("created_at")
+    last_login = ad.column("last_login_at")
+    return [
+        ad.column("id").label("id"),
+        ad.column("username").label("username"),
+        ad.column("first_name").label("first_name"),
+        ad.column("surname").label("surname"),
+        ad.column("email").label("email"),
+        ad.column("active").label("active"),
+        Profile.area,
+        Profile.pool,
+        Profile.readonly,
+        Profile.block_reason,
+        Profile.source,
+        Profile.exempt,
+        (created if created is not None else Profile.created_at).label("created_at"),
+        (last_login if last_login is not None else literal(None)).label("last_login_at"),
+    ]
+
+
+def _prefix(column, text: str):
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return (column >= text) & (column < text + _TOP) & column.like(escaped + "%", escape="\\")
+
+
+def search_filter(text: str):
+    """Case-insensitive prefix search on username, first name, surname and email."""
+    text = text.strip().lower()
+    keys = (Profile.username_key, Profile.first_name_key, Profile.surname_key, Profile.email_key)
+    return or_(*(_prefix(key, text) for key in keys))
+
+
+def filtered(*, search=None, state=None, area=None, pool=None, reason=None):
+    """A select of people (host user joined with profile) matching the filters."""
+    ad = adapter()
+    id_col = ad.column("id")
+    query = select(*_columns()).join_from(ad.model, Profile, Profile.user_id == id_col)
+    if search:
+        query = query.where(search_filter(search))
+    if state == "active":
+        query = query.where(ad.column("active").is_(True))
+    elif state == "blocked":
+        query = query.where(ad.column("active").is_(False))
+    if area:
+        query = query.where(Profile.area == area)
+    if pool:
+        query = query.where(Profile.pool == pool)
+    if reason:
+        query = query.where(Profile.block_reason == reason)
+    return query
+
+
+def page(session, *, after=None, before=None, size=50, **filters) -> Page:
+    """One page of people ordered by id, after or before a keyset cursor."""
+    id_col = adapter().column("id")
+    query = filtered(**filters)
+    if before is not None:
+        rows = session.execute(
+            query.where(id_col < before).order_by(id_col.desc()).limit(size + 1)
+        ).all()
+        more_before = len(rows) > size
+        rows = list(reversed(rows[:size]))
+        people = [PersonRow(**row._mapping) for row in rows]
+        return Page(
+            people,
+            next_after=people[-1].id if people else None,
+            prev_before=people[0].id if people and more_before else None,
+        )
+    if after is not None:
+        query = query.where(id_col > after)
+    rows = session.execute(query.order_by(id_col).limit(size + 1)).all()
+    people = [PersonRow(**row._mapping) for row in rows[:size]]
+    return Page(
+        people,
+        next_after=people[-1].id if len(rows) > size else None,
+        prev_before=people[0].id if people and after is not None else None,
+    )

@@ -1,0 +1,785 @@
+"""The seat service: the one place that admits, blocks, unblocks, deletes and moves people.
+
+How seats are counted
+---------------------
+``licenses_seat_counter`` holds one row per pool with the seats in use. Every change of
+who holds a seat goes through :func:`_reconcile`, a ``before_flush`` listener on every
+SQLAlchemy session: it compares, for each host user in the flush, the seat the person
+holds now (``Profile.seat_pool``) with the seat they should hold after the flush (their
+pool if active and not the administrator account), and moves the counters by the
+difference *before* any row is written.
+
+Why this is safe against races
+------------------------------
+A seat is taken with one conditional statement,
+``UPDATE licenses_seat_counter SET used = used + n WHERE pool = :p AND used + n <= :limit``.
+The database evaluates the condition and the increment atomically: on PostgreSQL the row
+lock makes a second writer wait for the first to commit and then re-check the condition
+against the committed value (READ COMMITTED re-evaluates the WHERE clause); on SQLite the
+statement takes the database's single write lock, so writers run one after another. A
+statement that matched no row is a refusal, not a database error. Counters are touched
+in pool-name order, so two transactions never wait on each other's rows in a cycle. The
+lock is held until the transaction ends, so the seat and the profile row it belongs to
+are committed or rolled back together.
+
+Because the listener sees every flush, host code that writes the user model through the
+ORM is held to the same rule (the "safety net"); raw SQL is not seen (see the README).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime
+
+from email_validator import EmailNotValidError, validate_email
+from flask import current_app, has_app_context
+from sqlalchemy import event, func, insert, inspect, select, update
+from sqlalchemy.orm import Session
+
+from . import audit, licensing
+from .extension import adapter, config
+from .models import (
+    AWAITING_LICENSE,
+    BLOCK_REASONS,
+    BLOCKED_BY_ADMIN,
+    POOLS,
+    PRIMARY_AREA,
+    Profile,
+    SeatCounter,
+    utcnow,
+)
+
+_counters = SeatCounter.__table__
+
+
+# Errors ---------------------------------------------------------------------------------
+
+
+class SeatError(Exception):
+    """A seat action that was refused. ``str(error)`` is a sentence for a person."""
+
+
+class PersonError(SeatError):
+    """The action cannot be done to this person (unknown, duplicate, administrator, ...)."""
+
+
+class SeatLimitExceeded(SeatError):
+    """No free seat in ``pool``: carries the pool, its limit and its usage."""
+
+    def __init__(self, pool: str, limit: int | None, used: int, needed: int = 1, why=None):
+        self.pool = pool
+        self.limit = limit
+        self.used = used
+        self.needed = needed
+        #: The license status sentence when the license is not valid, else None.
+        self.license_problem = why
+        super().__init__(self._sentence())
+
+    def _sentence(self) -> str:
+        if self.license_problem:
+            return (
+                f"Nobody new can be admitted to the {self.pool} pool: {self.license_problem} "
+                "Install a valid license on the License page, or request one."
+            )
+        wanted = "a seat" if self.needed == 1 else f"{self.needed} seats"
+        return (
+            f"No free seat in the {self.pool} pool: {self.used} of {self.limit} seats are in "
+            f"use and this needs {wanted}. Request more licenses, or block or delete people "
+            "who no longer need access."
+        )
+
+    @property
+    def shortfall(self) -> int:
+        """How many more seats the pool would need for this action."""
+        if self.limit is None:
+            return 0
+        return max(self.needed - max(self.limit - self.used, 0), 1)
+
+
+# Pools, areas and figures ---------------------------------------------------------------
+
+
+def pool_for(area: str, readonly: bool) -> str:
+    """The pool a profile in ``area`` draws its seat from."""
+    if readonly:
+        return "readonly"
+    return "intranet" if area == PRIMARY_AREA else "extranet"
+
+
+def areas() -> list[str]:
+    """Every area: the Primary Area, then the configured extranet areas."""
+    return [PRIMARY_AREA, *config("EXTRANET_AREAS")]
+
+
+def check_area(area: str | None) -> str:
+    """The area's canonical name, or PersonError naming the areas that exist."""
+    wanted = (area or PRIMARY_AREA).strip()
+    for name in areas():
+        if name.lower() == wanted.lower():
+            return name
+    raise PersonError(f"Unknown area '{wanted}'. Areas are: {', '.join(areas())}.")
+
+
+def usage(session) -> dict[str, int]:
+    """Seats in use per pool, from the counters (constant time)."""
+    rows = session.execute(select(SeatCounter.pool, SeatCounter.used)).all()
+    found = {pool: used for pool, used in rows}
+    return {pool: found.get(pool, 0) for pool in POOLS}
+
+
+def waiting(session) -> dict[str, int]:
+    """People awaiting a license, per pool."""
+    rows = session.execute(
+        select(Profile.pool, func.count())
+        .where(Profile.block_reason == AWAITING_LICENSE)
+        .group_by(Profile.pool)
+    ).all()
+    found = dict(rows)
+    return {pool: found.get(pool, 0) for pool in POOLS}
+
+
+@dataclass(frozen=True)
+class PoolFigures:
+    """One pool's line on the License and People pages."""
+
+    pool: str
+    used: int
+    limit: int | None
+    waiting: int
+
+    @property
+    def free(self) -> int | None:
+        return None if self.limit is None else max(self.limit - self.used, 0)
+
+    @property
+    def over(self) -> bool:
+        return self.limit is not None and self.used > self.limit
+
+
+def figures(session, now: datetime) -> list[PoolFigures]:
+    """Used, limit, free and waiting for every pool."""
+    used = usage(session)
+    limit = licensing.limits(session, now.date())
+    wait = waiting(session)
+    return [PoolFigures(p, used[p], limit[p], wait[p]) for p in POOLS]
+
+
+def summary_sentence(figures: list[PoolFigures]) -> str:
+    """'Number of Users 58 (53 in intranet area), excluding the administrator account'."""
+    total = sum(f.used for f in figures)
+    intranet = next(f.used for f in figures if f.pool == "intranet")
+    return (
+        f"Number of Users {total} ({intranet} in intranet area), "
+        "excluding the administrator account"
+    )
+
+
+# The counters ---------------------------------------------------------------------------
+
+
+def _take(conn, pool: str, n: int, limit: int | None) -> bool:
+    """Take ``n`` seats in ``pool`` if they are free; True when taken. See module docstring."""
+    stmt = update(_counters).where(_counters.c.pool == pool).values(used=_counters.c.used + n)
+    if limit is not None:
+        stmt = stmt.where(_counters.c.used + n <= limit)
+    return conn.execute(stmt).rowcount == 1
+
+
+def _adjust(conn, pool: str, n: int) -> None:
+    conn.execute(
+        update(_counters).where(_counters.c.pool == pool).values(used=_counters.c.used + n)
+    )
+
+
+def _used(conn, pool: str) -> int:
+    return conn.execute(select(_counters.c.used).where(_counters.c.pool == pool)).scalar_one()
+
+
+# The safety net: every flush of the host's users is reconciled with the counters -------
+
+
+@dataclass
+class _Change:
+    user: object
+    profile: Profile | None
+    held: str | None
+    want: str | None
+
+
+def install_safety_net() -> None:
+    """Listen to every SQLAlchemy session (once per process)."""
+    if not event.contains(Session, "before_flush", _reconcile):
+        event.listen(Session, "before_flush", _reconcile)
+        event.listen(Session, "after_flush", _insert_new_profiles)
+
+
+def _key(value) -> str:
+    return (value or "").strip().lower()
+
+
+def _identity_changed(ad, user) -> bool:
+    state = inspect(user)
+    names = [ad.username_attr, ad.first_name_attr, ad.surname_attr, ad.email_attr]
+    return any(state.attrs[name].history.has_changes() for name in names)
+
+
+def _refresh_keys(ad, user, profile: Profile) -> None:
+    profile.username_key = _key(ad.get(user, "username"))
+    profile.first_name_key = _key(ad.get(user, "first_name"))
+    profile.surname_key = _key(ad.get(user, "surname"))
+    profile.email_key = _key(ad.get(user, "email"))
+
+
+def _new_profile_values(ad, user, now: datetime) -> dict:
+    """Values for a new user's profile: what a service asked for, else host defaults."""
+    spec = dict(inspect(user).info.get("licenses_profile", {}))
+    area = spec.get("area", PRIMARY_AREA)
+    readonly = spec.get("readonly", False)
+    exempt = _key(ad.get(user, "username")) == _key(config("ADMIN_USERNAME"))
+    active = bool(ad.get(user, "active"))
+    reason = spec.get("block_reason") or (None if active else BLOCKED_BY_ADMIN)
+    return {
+        "area": area,
+        "readonly": readonly,
+        "pool": pool_for(area, readonly),
+        "exempt": exempt,
+        "block_reason": None if active else reason,
+        "waiting_since": spec.get("waiting_since") if reason == AWAITING_LICENSE else None,
+        "source": spec.get("source", "host"),
+        "directory_id": spec.get("directory_id"),
+        "created_at": spec.get("created_at") or now,
+        "username_key": _key(ad.get(user, "username")),
+        "first_name_key": _key(ad.get(user, "first_name")),
+        "surname_key": _key(ad.get(user, "surname")),
+        "email_key": _key(ad.get(user, "email")),
+    }
+
+
+def _reconcile(session, flush_context, instances) -> None:
+    """before_flush: move the seat counters for every host user whose seat changes."""
+    session.info.pop("licenses_new_profiles", None)
+    if not has_app_context() or "licenses" not in current_app.extensions:
+        return
+    ad = adapter()
+    model = ad.model
+    now = session.info.get("licenses_now") or utcnow()
+    changes: list[_Change] = []
+    new_profiles = []
+    with session.no_autoflush:
+        for user in session.new:
+            if isinstance(user, model):
+                values = _new_profile_values(ad, user, now)
+                want = None if values["exempt"] or values["block_reason"] else values["pool"]
+                values["seat_pool"] = want
+                new_profiles.append((user, values))
+                changes.append(_Change(user, None, None, want))
+
+        touched: dict[int, tuple[object, Profile | None]] = {}
+        for obj in session.dirty:
+            if isinstance(obj, model) and (
+                inspect(obj).attrs[ad.active_attr].history.has_changes()
+                or _identity_changed(ad, obj)
+            ):
+                touched[ad.get(obj, "id")] = (obj, None)
+            elif isinstance(obj, Profile) and session.is_modified(obj):
+                touched.setdefault(obj.user_id, (None, obj))
+        for user_id, (user, profile) in touched.items():
+            user = user if user is not None else session.get(model, user_id)
+            profile = profile if profile is not None else session.get(Profile, user_id)
+            if user is None:
+                continue
+            if profile is None:  # a user from before the extension: adopt it
+                profile = Profile(user_id=user_id, **_new_profile_values(ad, user, now))
+                profile.seat_pool = None
+                session.add(profile)
+            _refresh_keys(ad, user, profile)
+            active = bool(ad.get(user, "active"))
+            profile.pool = pool_for(profile.area, profile.readonly)
+            want = profile.pool if active and not profile.exempt else None
+            changes.append(_Change(user, profile, profile.seat_pool, want))
+
+        for user in session.deleted:
+            if isinstance(user, model):
+                profile = session.get(Profile, ad.get(user, "id"))
+                if profile is not None:
+                    changes.append(_Change(user, profile, profile.seat_pool, None))
+                    session.delete(profile)
+
+    _move_counters(session, changes, now)
+
+    # All seats were granted: record what each profile holds now.
+    for change in changes:
+        if change.profile is not None and change.profile not in session.deleted:
+            profile = change.profile
+            profile.seat_pool = change.want
+            if bool(ad.get(change.user, "active")):
+                profile.block_reason = None
+                profile.waiting_since = None
+            elif profile.block_reason not in BLOCK_REASONS:
+                profile.block_reason = BLOCKED_BY_ADMIN
+        _record_host_change(session, change, now)
+    session.info["licenses_new_profiles"] = new_profiles
+
+
+def _move_counters(session, changes: list[_Change], now: datetime) -> None:
+    """Apply the net seat change per pool, in pool order; refuse and undo on a full pool."""
+    deltas: Counter[str] = Counter()
+    for change in changes:
+        if change.held != change.want:
+            if change.held:
+                deltas[change.held] -= 1
+            if change.want:
+                deltas[change.want] += 1
+    if not any(deltas.values()):
+        return
+    conn = session.connection()
+    limits = licensing.limits(session, now.date()) if any(d > 0 for d in deltas.values()) else {}
+    applied: list[tuple[str, int]] = []
+    for pool in sorted(deltas):
+        delta = deltas[pool]
+        if delta > 0 and not _take(conn, pool, delta, limits[pool]):
+            for done_pool, done in applied:
+                _adjust(conn, done_pool, -done)
+            status = licensing.current(session, now.date()).status
+            raise SeatLimitExceeded(
+                pool,
+                limits[pool],
+                _used(conn, pool),
+                needed=delta,
+                why=None if status.valid else status.sentence,
+            )
+        if delta < 0:
+            _adjust(conn, pool, delta)
+        if delta:
+            applied.append((pool, delta))
+
+
+def _record_host_change(session, change: _Change, now: datetime) -> None:
+    """Audit a seat change made by host code (service calls record their own)."""
+    info = inspect(change.user).info
+    if info.get("licenses_path") or change.held == change.want:
+        return
+    ad = adapter()
+    if change.user in session.deleted:
+        action = "delete"
+    elif change.held is None and change.profile is None:
+        action = "add"
+    else:
+        action = "unblock" if change.want else "block"
+    audit.record(
+        session,
+        at=now,
+        actor="host",
+        action=action,
+        path="host",
+        subject=ad.get(change.user, "username"),
+        pool=change.want or change.held,
+    )
+
+
+def _insert_new_profiles(session, flush_context) -> None:
+    """after_flush: write the profile rows of users inserted by this flush (ids now known)."""
+    new_profiles = session.info.pop("licenses_new_profiles", None)
+    if not new_profiles:
+        return
+    ad = adapter()
+    rows = [{"user_id": ad.get(user, "id"), **values} for user, values in new_profiles]
+    session.connection().execute(insert(Profile.__table__), rows)
+
+
+# The service ---------------------------------------------------------------------------
+
+
+def _flush(session, now: datetime) -> None:
+    """Flush with the service's clock, so the license is judged as of ``now``."""
+    session.info["licenses_now"] = now
+    try:
+        session.flush()
+    finally:
+        session.info.pop("licenses_now", None)
+
+
+def profile_of(session, user) -> Profile:
+    """The profile of a host user (creating it for a user from before the extension)."""
+    profile = session.get(Profile, adapter().get(user, "id"))
+    if profile is None:
+        raise PersonError(
+            "This person has no license profile yet; run 'flask licenses recount' first."
+        )
+    return profile
+
+
+def find_person(session, username: str):
+    """The host user with this username (case-insensitive), or PersonError."""
+    ad = adapter()
+    user_id = session.execute(
+        select(Profile.user_id).where(Profile.username_key == _key(username))
+    ).scalar()
+    user = session.get(ad.model, user_id) if user_id is not None else None
+    if user is None:
+        raise PersonError(f"Nobody has the username '{username}'.")
+    return user
+
+
+def get_person(session, user_id: int):
+    user = session.get(adapter().model, user_id)
+    if user is None:
+        raise PersonError(f"There is no person with ID {user_id}; they may have been deleted.")
+    return user
+
+
+def username_taken(session, username: str) -> str | None:
+    """The existing username that equals ``username`` without regard to case, if any."""
+    user_id = session.execute(
+        select(Profile.user_id).where(Profile.username_key == _key(username))
+    ).scalar()
+    if user_id is None:
+        return None
+    return adapter().get(session.get(adapter().model, user_id), "username")
+
+
+def check_person_fields(username: str, first_name: str, surname: str, email: str) -> dict:
+    """Clean and check a new person's fields; PersonError says what is wrong."""
+    username = (username or "").strip()
+    first_name = (first_name or "").strip()
+    surname = (surname or "").strip()
+    email = (email or "").strip()
+    if not username:
+        raise PersonError("A username is required.")
+    if any(ch.isspace() for ch in username) or len(username) > 255:
+        raise PersonError(
+            f"The username '{username}' is not usable: use up to 255 characters, no spaces."
+        )
+    if not first_name or not surname:
+        raise PersonError(f"{username}: a first name and a surname are required.")
+    if email:
+        try:
+            email = validate_email(email, check_deliverability=False).normalized
+        except EmailNotValidError as exc:
+            raise PersonError(
+                f"{username}: '{email}' is not a valid email address ({exc})."
+            ) from None
+    return {"username": username, "first_name": first_name, "surname": surname, "email": email}
+
+
+def _refused(session, refusal: SeatError, *, actor, action, path, subject, now) -> None:
+    pool = getattr(refusal, "pool", None)
+    audit.record(
+        session,
+        at=now,
+        actor=actor,
+        action=action,
+        path=path,
+        outcome="refused",
+        subject=subject,
+        pool=pool,
+        detail=str(refusal),
+    )
+
+
+def add_person(
+    session,
+    *,
+    username: str,
+    first_name: str,
+    surname: str,
+    email: str,
+    area: str = PRIMARY_AREA,
+    readonly: bool = False,
+    source: str = "single",
+    path: str | None = None,
+    actor: str,
+    now: datetime,
+    wait_when_full: bool = False,
+    directory_id: str | None = None,
+):
+    """Create an active profile, or refuse with SeatLimitExceeded and change nothing.
+
+    With ``wait_when_full`` (directory sync only, rule 3) a person who finds no free seat is
+    created blocked, awaiting a license, instead.
+    """
+    ad = adapter()
+    path = path or source
+    fields = check_person_fields(username, first_name, surname, email)
+    area = check_area(area)
+    existing = username_taken(session, fields["username"])
+    if existing is not None:
+        raise PersonError(
+            f"A person with the username '{existing}' already exists "
+            "(usernames are compared without regard to case)."
+        )
+    user = ad.new_user(**fields)
+    ad.set(user, "active", True)
+    info = inspect(user).info
+    info["licenses_path"] = path
+    info["licenses_profile"] = {
+        "area": area,
+        "readonly": readonly,
+        "source": source,
+        "directory_id": directory_id,
+        "created_at": now,
+    }
+    session.add(user)
+    pool = pool_for(area, readonly)
+    try:
+        _flush(session, now)
+    except SeatLimitExceeded as refusal:
+        if not wait_when_full:
+            session.expunge(user)
+            _refused(
+                session,
+                refusal,
+                actor=actor,
+                action="add",
+                path=path,
+                subject=fields["username"],
+                now=now,
+            )
+            raise
+        ad.set(user, "active", False)
+        info["licenses_profile"].update(block_reason=AWAITING_LICENSE, waiting_since=now)
+        _flush(session, now)
+        audit.record(
+            session,
+            at=now,
+            actor=actor,
+            action="add",
+            path=path,
+            outcome="waiting",
+            subject=fields["username"],
+            pool=pool,
+            detail=str(refusal),
+        )
+        return user
+    audit.record(
+        session,
+        at=now,
+        actor=actor,
+        action="add",
+        path=path,
+        subject=fields["username"],
+        pool=pool,
+    )
+    return user
+
+
+def block(session, user, *, reason: str = BLOCKED_BY_ADMIN, actor: str, now: datetime, path):
+    """Block a person (frees their seat at once). ``reason`` is one of BLOCK_REASONS."""
+    ad = adapter()
+    profile = profile_of(session, user)
+    username = ad.get(user, "username")
+    if profile.exempt:
+        raise PersonError("The administrator account cannot be blocked.")
+    if not ad.get(user, "active") and profile.block_reason == reason:
+        return
+    inspect(user).info["licenses_path"] = path
+    ad.set(user, "active", False)
+    profile.block_reason = reason
+    profile.waiting_since = now if reason == AWAITING_LICENSE else None
+    _flush(session, now)
+    audit.record(
+        session,
+        at=now,
+        actor=actor,
+        action="block",
+        path=path,
+        subject=username,
+        pool=profile.pool,
+        detail=f"reason: {reason}",
+    )
+
+
+def unblock(session, user, *, actor: str, now: datetime, path: str, action: str = "unblock"):
+    """Make a blocked person active again if their pool has a free seat."""
+    ad = adapter()
+    profile = profile_of(session, user)
+    username = ad.get(user, "username")
+    if ad.get(user, "active"):
+        return
+    inspect(user).info["licenses_path"] = path
+    ad.set(user, "active", True)
+    try:
+        _flush(session, now)
+    except SeatLimitExceeded as refusal:
+        session.expire(user)
+        session.expire(profile)
+        _refused(
+            session, refusal, actor=actor, action=action, path=path, subject=username, now=now
+        )
+        raise
+    audit.record(
+        session, at=now, actor=actor, action=action, path=path, subject=username, pool=profile.pool
+    )
+
+
+def delete(session, user, *, actor: str, now: datetime, path: str) -> None:
+    """Delete a person for good (frees their seat)."""
+    ad = adapter()
+    profile = profile_of(session, user)
+    username = ad.get(user, "username")
+    if profile.exempt:
+        raise PersonError("The administrator account cannot be deleted.")
+    inspect(user).info["licenses_path"] = path
+    pool = profile.pool
+    session.delete(user)
+    _flush(session, now)
+    audit.record(
+        session, at=now, actor=actor, action="delete", path=path, subject=username, pool=pool
+    )
+
+
+def move(session, user, *, area: str, readonly: bool, actor: str, now: datetime, path: str):
+    """Move a person to another area or pool; refused (nothing changes) if it is full."""
+    ad = adapter()
+    profile = profile_of(session, user)
+    username = ad.get(user, "username")
+    area = check_area(area)
+    if (profile.area, profile.readonly) == (area, readonly):
+        return
+    old = f"{profile.area}/{profile.pool}"
+    inspect(user).info["licenses_path"] = path
+    profile.area = area
+    profile.readonly = readonly
+    profile.pool = pool_for(area, readonly)
+    try:
+        _flush(session, now)
+    except SeatLimitExceeded as refusal:
+        session.expire(profile)
+        _refused(
+            session, refusal, actor=actor, action="move", path=path, subject=username, now=now
+        )
+        raise
+    audit.record(
+        session,
+        at=now,
+        actor=actor,
+        action="move",
+        path=path,
+        subject=username,
+        pool=profile.pool,
+        detail=f"from {old} to {profile.area}/{profile.pool}",
+    )
+
+
+@dataclass
+class ActivationResult:
+    activated: list[str]
+    still_waiting: int
+
+
+def activate_waiting(
+    session, *, actor: str, now: datetime, path: str, only_ids=None
+) -> ActivationResult:
+    """Activate people awaiting a license, oldest first, while their pool has free seats.
+
+    ``only_ids`` limits it to these user ids (a directory sync passes the people the
+    directory still lists).
+    """
+    ad = adapter()
+    query = (
+        select(Profile.user_id, Profile.pool)
+        .where(Profile.block_reason == AWAITING_LICENSE)
+        .order_by(Profile.waiting_since, Profile.user_id)
+    )
+    full: set[str] = set()
+    activated: list[str] = []
+    still_waiting = 0
+    for user_id, pool in session.execute(query).all():
+        if only_ids is not None and user_id not in only_ids:
+            continue
+        if pool in full:
+            still_waiting += 1
+            continue
+        user = session.get(ad.model, user_id)
+        try:
+            unblock(session, user, actor=actor, now=now, path=path, action="activate")
+        except SeatLimitExceeded:
+            full.add(pool)
+            still_waiting += 1
+            continue
+        activated.append(ad.get(user, "username"))
+    return ActivationResult(activated, still_waiting)
+
+
+def recount(session, *, actor: str, now: datetime) -> list[str]:
+    """Check the counters and profiles against the host's users and repair any drift.
+
+    Creates profiles for users that have none (users from before the extension), sets
+    each profile's seat from the user's active flag, and rewrites the counters from the
+    profiles. Returns sentences saying what was found and repaired.
+    """
+    ad = adapter()
+    findings: list[str] = []
+    id_col = ad.column("id")
+    missing = session.execute(
+        select(ad.model).where(~id_col.in_(select(Profile.user_id)))
+    ).scalars()
+    adopted = 0
+    for user in missing:
+        values = _new_profile_values(ad, user, now)
+        values["seat_pool"] = None
+        session.add(Profile(user_id=ad.get(user, "id"), **values))
+        adopted += 1
+    if adopted:
+        findings.append(f"Created profiles for {adopted} people who had none.")
+    _flush(session, now)
+
+    orphans = session.execute(
+        select(Profile).where(~Profile.user_id.in_(select(id_col)))
+    ).scalars()
+    removed = 0
+    for profile in orphans:
+        session.delete(profile)
+        removed += 1
+    if removed:
+        findings.append(f"Removed {removed} profiles whose user no longer exists.")
+
+    wrong = 0
+    rows = session.execute(
+        select(Profile, ad.column("active")).join(ad.model, id_col == Profile.user_id)
+    )
+    for profile, active in rows:
+        want = profile.pool if active and not profile.exempt else None
+        if profile.seat_pool != want:
+            profile.seat_pool = want
+            wrong += 1
+        if active and profile.block_reason:
+            profile.block_reason = None
+            profile.waiting_since = None
+        if not active and not profile.block_reason:
+            profile.block_reason = BLOCKED_BY_ADMIN
+    if wrong:
+        findings.append(f"Corrected the seat of {wrong} profiles.")
+    # Each profile's seat_pool now says what it should hold, so the flush moves no counter;
+    # the counters are then rewritten from the profiles.
+    _flush(session, now)
+    conn = session.connection()
+
+    actual = dict(
+        session.execute(
+            select(Profile.seat_pool, func.count())
+            .where(Profile.seat_pool.is_not(None))
+            .group_by(Profile.seat_pool)
+        ).all()
+    )
+    stored = usage(session)
+    for pool in POOLS:
+        real = actual.get(pool, 0)
+        if stored[pool] != real:
+            findings.append(f"The {pool} counter read {stored[pool]}; it now reads {real}.")
+        existing = conn.execute(select(_counters.c.pool).where(_counters.c.pool == pool)).first()
+        if existing is None:
+            conn.execute(insert(_counters).values(pool=pool, used=real))
+        else:
+            conn.execute(update(_counters).where(_counters.c.pool == pool).values(used=real))
+    audit.record(
+        session,
+        at=now,
+        actor=actor,
+        action="recount",
+        path="cli",
+        detail=" ".join(findings) or "No drift.",
+    )
+    _flush(session, now)
+    return findings

@@ -1,0 +1,333 @@
+"""The seat rules (DESIGN.md rules 1, 2, 4 and 11), through the service and the ORM."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+from conftest import count_users, person_state, usage
+
+import wsgi
+from intranet_licenses import seats
+from intranet_licenses.models import (
+    AWAITING_LICENSE,
+    BLOCKED_BY_ADMIN,
+    AuditEvent,
+    Profile,
+    SeatCounter,
+    utcnow,
+)
+
+
+def add(app, username, **kwargs):
+    with app.app_context():
+        session = wsgi.db.session
+        try:
+            user = seats.add_person(
+                session,
+                username=username,
+                first_name=kwargs.pop("first_name", "First"),
+                surname=kwargs.pop("surname", "Last"),
+                email=kwargs.pop("email", f"{username}@example.com"),
+                actor="tester",
+                now=kwargs.pop("now", utcnow()),
+                path="test",
+                **kwargs,
+            )
+        except seats.SeatError:
+            session.commit()  # as the views do: keep the audit record of the refusal
+            raise
+        session.commit()
+        return user.id
+
+
+def act(app, service, username, **kwargs):
+    with app.app_context():
+        session = wsgi.db.session
+        try:
+            user = seats.find_person(session, username)
+            service(session, user, actor="tester", now=utcnow(), path="test", **kwargs)
+        except seats.SeatError:
+            session.commit()
+            raise
+        session.commit()
+
+
+def audit_rows(app, action=None):
+    with app.app_context():
+        query = sa.select(AuditEvent).order_by(AuditEvent.id)
+        if action:
+            query = query.where(AuditEvent.action == action)
+        return [
+            (e.action, e.subject, e.outcome, e.path, e.actor, e.pool)
+            for e in wsgi.db.session.scalars(query)
+        ]
+
+
+def test_the_last_seat_and_one_past_it(app, install_license):
+    install_license(intranet=2)
+    add(app, "one")
+    add(app, "two")
+    assert usage(app)["intranet"] == 2
+    before = count_users(app)
+    with pytest.raises(seats.SeatLimitExceeded) as refusal:
+        add(app, "three")
+    error = refusal.value
+    assert (error.pool, error.limit, error.used) == ("intranet", 2, 2)
+    message = str(error)
+    assert "No free seat in the intranet pool: 2 of 2 seats are in use" in message
+    assert "Request more licenses" in message and "block or delete" in message
+    assert count_users(app) == before
+    assert person_state(app, "three") is None
+    assert usage(app)["intranet"] == 2
+    assert audit_rows(app, "add")[-1][:3] == ("add", "three", "refused")
+
+
+def test_a_blocked_person_does_not_count_and_unblocking_into_a_full_pool_is_refused(
+    app, install_license
+):
+    install_license(intranet=1)
+    add(app, "ann")
+    act(app, seats.block, "ann")
+    assert usage(app)["intranet"] == 0
+    assert person_state(app, "ann") == (False, "primary", "intranet", BLOCKED_BY_ADMIN, None)
+    add(app, "bob")
+    with pytest.raises(seats.SeatLimitExceeded, match="1 of 1 seats are in use"):
+        act(app, seats.unblock, "ann")
+    assert person_state(app, "ann") == (False, "primary", "intranet", BLOCKED_BY_ADMIN, None)
+    assert usage(app)["intranet"] == 1
+    act(app, seats.block, "bob")
+    act(app, seats.unblock, "ann")
+    assert person_state(app, "ann") == (True, "primary", "intranet", None, "intranet")
+    assert usage(app)["intranet"] == 1
+
+
+def test_a_move_into_a_full_pool_is_refused_and_the_person_stays(app, install_license):
+    install_license(intranet=5, extranet=1)
+    add(app, "eve", area="partners")
+    add(app, "ian")
+    with pytest.raises(seats.SeatLimitExceeded, match="extranet pool: 1 of 1"):
+        act(app, seats.move, "ian", area="suppliers", readonly=False)
+    assert person_state(app, "ian") == (True, "primary", "intranet", None, "intranet")
+    assert usage(app) == {"intranet": 1, "extranet": 1, "readonly": 0}
+    act(app, seats.move, "eve", area="primary", readonly=False)
+    assert usage(app) == {"intranet": 2, "extranet": 0, "readonly": 0}
+    act(app, seats.move, "ian", area="partners", readonly=False)
+    assert person_state(app, "ian") == (True, "partners", "extranet", None, "extranet")
+    act(app, seats.move, "ian", area="partners", readonly=True)
+    assert usage(app) == {"intranet": 1, "extranet": 0, "readonly": 1}
+
+
+def test_moving_a_blocked_person_needs_no_seat(app, install_license):
+    install_license(extranet=0)
+    add(app, "kim")
+    act(app, seats.block, "kim")
+    act(app, seats.move, "kim", area="partners", readonly=False)
+    assert person_state(app, "kim") == (False, "partners", "extranet", BLOCKED_BY_ADMIN, None)
+    with pytest.raises(seats.SeatLimitExceeded):
+        act(app, seats.unblock, "kim")
+
+
+def test_deleting_frees_the_seat(app, install_license):
+    install_license(intranet=1)
+    add(app, "dan")
+    act(app, seats.delete, "dan")
+    assert person_state(app, "dan") is None
+    assert usage(app)["intranet"] == 0
+    with app.app_context():
+        assert wsgi.db.session.scalar(sa.select(sa.func.count()).select_from(Profile)) == 1
+    add(app, "dora")
+    assert usage(app)["intranet"] == 1
+
+
+def test_the_administrator_account_never_counts_and_cannot_be_blocked_or_deleted(
+    app, install_license
+):
+    install_license(intranet=0)
+    assert usage(app)["intranet"] == 0
+    assert person_state(app, "admin") == (True, "primary", "intranet", None, None)
+    with pytest.raises(seats.PersonError, match="administrator account cannot be blocked"):
+        act(app, seats.block, "admin")
+    with pytest.raises(seats.PersonError, match="administrator account cannot be deleted"):
+        act(app, seats.delete, "admin")
+    assert person_state(app, "admin")[0] is True
+
+
+def test_unlimited_never_refuses(app, install_license):
+    install_license(readonly="Unlimited")
+    for number in range(30):
+        add(app, f"reader{number}", readonly=True)
+    assert usage(app)["readonly"] == 30
+
+
+def test_a_limit_of_zero_refuses_the_first(app, install_license):
+    install_license(extranet=0)
+    with pytest.raises(seats.SeatLimitExceeded, match="extranet pool: 0 of 0"):
+        add(app, "guest", area="partners")
+    assert person_state(app, "guest") is None
+
+
+def test_a_missing_max_key_is_zero(app, install_license):
+    install_license(readonly=None)
+    with pytest.raises(seats.SeatLimitExceeded, match="readonly pool: 0 of 0"):
+        add(app, "reader", readonly=True)
+
+
+def test_an_expired_license_refuses_everyone_new_but_keeps_the_active(app, install_license):
+    install_license(intranet=10, Expires="2026-12-31")
+    add(app, "old", now=datetime(2026, 12, 31, 23, 0))
+    with app.app_context():
+        session = wsgi.db.session
+        later = datetime(2027, 1, 1, 0, 1)
+        with pytest.raises(seats.SeatLimitExceeded) as refusal:
+            seats.add_person(
+                session,
+                username="new",
+                first_name="N",
+                surname="W",
+                email="",
+                actor="t",
+                now=later,
+                path="test",
+            )
+        session.rollback()
+    assert person_state(app, "new") is None
+    assert person_state(app, "old")[0] is True
+    assert refusal.value.pool == "intranet"
+    assert "License expired on 2026-12-31" in str(refusal.value)
+
+
+def test_an_expired_license_is_not_installed_and_the_old_one_stays(app, install_license):
+    from intranet_licenses.licensing import LicenseRefused
+
+    with pytest.raises(LicenseRefused, match="License expired on 2020-01-01"):
+        install_license(intranet=0, Expires="2020-01-01", Issued="2019-01-01")
+    add(app, "fine")
+    assert usage(app)["intranet"] == 1
+
+
+def test_host_code_adding_an_active_user_to_a_full_pool_is_refused_at_commit(app, install_license):
+    install_license(intranet=1)
+    with app.app_context():
+        session = wsgi.db.session
+        session.add(wsgi.User(username="first", first_name="F", surname="S", active=True))
+        session.commit()
+        session.add(wsgi.User(username="second", first_name="S", surname="S", active=True))
+        with pytest.raises(seats.SeatLimitExceeded, match="intranet pool: 1 of 1"):
+            session.commit()
+        session.rollback()
+    assert person_state(app, "first") == (True, "primary", "intranet", None, "intranet")
+    assert person_state(app, "second") is None
+    assert usage(app)["intranet"] == 1
+
+
+def test_host_code_deactivating_and_reactivating_moves_the_seat(app, install_license):
+    install_license(intranet=1)
+    with app.app_context():
+        session = wsgi.db.session
+        session.add(wsgi.User(username="hosted", first_name="H", surname="S", active=True))
+        session.commit()
+        user = session.scalar(sa.select(wsgi.User).where(wsgi.User.username == "hosted"))
+        user.active = False
+        session.commit()
+    assert usage(app)["intranet"] == 0
+    assert person_state(app, "hosted")[3] == BLOCKED_BY_ADMIN
+    add(app, "taker")
+    with app.app_context():
+        session = wsgi.db.session
+        user = session.scalar(sa.select(wsgi.User).where(wsgi.User.username == "hosted"))
+        user.active = True
+        with pytest.raises(seats.SeatLimitExceeded):
+            session.commit()
+        session.rollback()
+    assert person_state(app, "hosted")[0] is False
+    assert ("block", "hosted", "ok", "host", "host", "intranet") in audit_rows(app)
+
+
+def test_host_code_deleting_a_user_frees_the_seat(app, install_license):
+    install_license(intranet=1)
+    add(app, "gone")
+    with app.app_context():
+        session = wsgi.db.session
+        session.delete(session.scalar(sa.select(wsgi.User).where(wsgi.User.username == "gone")))
+        session.commit()
+    assert usage(app)["intranet"] == 0
+
+
+def test_usernames_are_unique_without_regard_to_case(app):
+    add(app, "Maria")
+    with pytest.raises(seats.PersonError, match="'Maria' already exists"):
+        add(app, "maria")
+
+
+def test_bad_fields_are_refused_with_a_reason(app):
+    with pytest.raises(seats.PersonError, match="not a valid email address"):
+        add(app, "x", email="not-an-email")
+    with pytest.raises(seats.PersonError, match="first name and a surname are required"):
+        add(app, "y", first_name=" ")
+    with pytest.raises(seats.PersonError, match="Unknown area 'moon'"):
+        add(app, "z", area="moon")
+    assert count_users(app) == 1
+
+
+def test_activate_waiting_takes_the_oldest_first(app, install_license):
+    install_license(intranet=3)
+    start = datetime(2026, 1, 1)
+    for number in range(3):
+        add(app, f"w{number}")
+    with app.app_context():
+        session = wsgi.db.session
+        for number in range(3):
+            user = seats.find_person(session, f"w{number}")
+            seats.block(
+                session,
+                user,
+                reason=AWAITING_LICENSE,
+                actor="t",
+                now=start + timedelta(days=3 - number),
+                path="test",
+            )
+        session.commit()
+    add(app, "a1")
+    add(app, "a2")
+    with app.app_context():
+        result = seats.activate_waiting(wsgi.db.session, actor="t", now=utcnow(), path="test")
+        wsgi.db.session.commit()
+    assert result.activated == ["w2"]
+    assert result.still_waiting == 2
+    assert person_state(app, "w1")[3] == AWAITING_LICENSE
+    assert usage(app)["intranet"] == 3
+
+
+def test_every_seat_action_is_recorded(app, install_license):
+    install_license(intranet=1)
+    add(app, "rec")
+    act(app, seats.block, "rec")
+    act(app, seats.unblock, "rec")
+    act(app, seats.move, "rec", area="partners", readonly=False)
+    act(app, seats.delete, "rec")
+    actions = [(a, s, o, p, who) for a, s, o, p, who, _ in audit_rows(app) if s == "rec"]
+    assert actions == [
+        ("add", "rec", "ok", "test", "tester"),
+        ("block", "rec", "ok", "test", "tester"),
+        ("unblock", "rec", "ok", "test", "tester"),
+        ("move", "rec", "ok", "test", "tester"),
+        ("delete", "rec", "ok", "test", "tester"),
+    ]
+
+
+def test_recount_finds_and_repairs_a_counter_changed_behind_its_back(app, runner):
+    add(app, "c1")
+    add(app, "c2")
+    with app.app_context():
+        wsgi.db.session.execute(
+            sa.update(SeatCounter).where(SeatCounter.pool == "intranet").values(used=57)
+        )
+        wsgi.db.session.commit()
+    result = runner.invoke(args=["licenses", "recount"])
+    assert result.exit_code == 0, result.output
+    assert "The intranet counter read 57; it now reads 2." in result.output
+    assert usage(app)["intranet"] == 2
+    result = runner.invoke(args=["licenses", "recount"])
+    assert "nothing was repaired" in result.output
