@@ -82,7 +82,10 @@ class DemoUsers(UserAdapter):
     last_login_at_attr = "last_login_at"
 
     def current_user(self):
-        return g.get("user")
+        # The extension asks from its own before_request: load lazily, like Flask-Login.
+        if "user" not in g:
+            _load_user()
+        return g.user
 
     def is_sysadmin(self, user) -> bool:
         return user.is_sysadmin

@@ -87,7 +87,11 @@ class UserAdapter:
         return self.db.session
 
     def current_user(self):
-        """The logged-in user object, or None when anonymous."""
+        """The logged-in user object, or None when anonymous.
+
+        It is called from the extension's own ``before_request`` check, which may run before
+        the host's, so load the user lazily here (as Flask-Login's ``current_user`` does).
+        """
         raise NotImplementedError
 
     def is_sysadmin(self, user) -> bool:
@@ -138,6 +142,8 @@ class _State:
     """What the extension keeps per application, in ``app.extensions['licenses']``."""
 
     adapter: UserAdapter
+    #: Set once the extension's tables are found (``flask licenses upgrade`` has run).
+    schema_ready: bool = False
 
 
 class Licenses:

@@ -35,10 +35,11 @@ from datetime import datetime
 from email_validator import EmailNotValidError, validate_email
 from flask import current_app, has_app_context
 from sqlalchemy import event, func, insert, inspect, select, update
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import Session
 
 from . import audit, licensing
-from .extension import adapter, config
+from .extension import adapter, config, logger
 from .models import (
     AWAITING_LICENSE,
     BLOCK_REASONS,
@@ -237,7 +238,7 @@ def _new_profile_values(ad, user, now: datetime) -> dict:
     area = spec.get("area", PRIMARY_AREA)
     readonly = spec.get("readonly", False)
     exempt = _key(ad.get(user, "username")) == _key(config("ADMIN_USERNAME"))
-    active = bool(ad.get(user, "active"))
+    active = _is_active(ad, user)
     reason = spec.get("block_reason") or (None if active else BLOCKED_BY_ADMIN)
     return {
         "area": area,
@@ -256,10 +257,32 @@ def _new_profile_values(ad, user, now: datetime) -> dict:
     }
 
 
+def _schema_ready(session) -> bool:
+    """True once ``flask licenses upgrade`` has created the tables (checked until it has)."""
+    state = current_app.extensions["licenses"]
+    if not state.schema_ready:
+        state.schema_ready = sa_inspect(session.connection()).has_table(_counters.name)
+        if not state.schema_ready:
+            logger.warning("intranet-licenses has no tables yet: run 'flask licenses upgrade'.")
+    return state.schema_ready
+
+
+def _is_active(ad, user) -> bool:
+    """The user's active flag, with the column default applied to a new, unset one."""
+    value = ad.get(user, "active")
+    if value is None:
+        default = ad.column("active").default
+        value = bool(default.arg) if default is not None and default.is_scalar else False
+        ad.set(user, "active", value)
+    return bool(value)
+
+
 def _reconcile(session, flush_context, instances) -> None:
     """before_flush: move the seat counters for every host user whose seat changes."""
     session.info.pop("licenses_new_profiles", None)
     if not has_app_context() or "licenses" not in current_app.extensions:
+        return
+    if not _schema_ready(session):
         return
     ad = adapter()
     model = ad.model
