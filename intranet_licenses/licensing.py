@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from datetime import date, datetime
 from functools import lru_cache
@@ -12,6 +14,13 @@ from . import audit
 from .extension import config
 from .license_file import POOLS, Status, evaluate, load_public_keys
 from .models import InstalledLicense
+
+#: A license file is a few hundred bytes; anything much larger is not one.
+MAX_LICENSE_BYTES = 1024 * 1024
+
+
+class LicenseFetchError(Exception):
+    """The license could not be downloaded; ``str(error)`` says why."""
 
 
 class LicenseRefused(Exception):
@@ -111,3 +120,23 @@ def validity_sentence(current: Current) -> str:
         f"License is valid. Last updated on: {updated}. "
         f"License expires: {expires.isoformat() if expires else 'Never'}"
     )
+
+
+def fetch(url: str, *, timeout: float = 10) -> str:
+    """Download a license text from ``url``; LicenseFetchError says what went wrong."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            raw = response.read(MAX_LICENSE_BYTES + 1)
+    except urllib.error.HTTPError as exc:
+        raise LicenseFetchError(
+            f"Could not fetch a license from {url}: the server answered {exc.code} {exc.reason}."
+        ) from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise LicenseFetchError(f"Could not fetch a license from {url}: {reason}.") from None
+    if len(raw) > MAX_LICENSE_BYTES:
+        raise LicenseFetchError(f"{url} sent more than 1 MB: that is not a license file.")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise LicenseFetchError(f"{url} did not send a license: it is not UTF-8 text.") from None

@@ -70,6 +70,8 @@ def license_page():
         sentence=licensing.validity_sentence(current),
         figures=seats.figures(session, now),
         form=InstallLicenseForm(),
+        fetch_url=config("FETCH_URL"),
+        fetch_form=ConfirmForm(),
     )
 
 
@@ -101,6 +103,29 @@ def install_license():
         return redirect(url_for(".license_page"))
     session.commit()
     flash("The new license is installed.", "success")
+    return redirect(url_for(".license_page"))
+
+
+@bp.post("/fetch")
+@role_required(SYSADMIN)
+def fetch_license():
+    url = config("FETCH_URL")
+    if not ConfirmForm().validate_on_submit() or not url:
+        flash("No license server is configured (LICENSES_FETCH_URL).", "error")
+        return redirect(url_for(".license_page"))
+    session = _session()
+    try:
+        text = licensing.fetch(url)
+        licensing.install(session, text, actor=access.actor(), now=utcnow(), path="fetch")
+    except licensing.LicenseFetchError as problem:
+        flash(f"{problem} The license in force was not changed.", "error")
+        return redirect(url_for(".license_page"))
+    except licensing.LicenseRefused as refusal:
+        session.commit()
+        flash(f"The fetched license was refused: {refusal}", "error")
+        return redirect(url_for(".license_page"))
+    session.commit()
+    flash("A new license was fetched and installed.", "success")
     return redirect(url_for(".license_page"))
 
 

@@ -1,0 +1,287 @@
+"""The License page, the System summary and the license commands (issue 3)."""
+
+from __future__ import annotations
+
+import io
+import re
+import threading
+from datetime import date
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+import sqlalchemy as sa
+from conftest import license_fields
+
+import wsgi
+from intranet_licenses.license_file import load_license, load_public_keys, sign_text
+from intranet_licenses.models import AuditEvent, InstalledLicense
+
+TODAY = date.today().isoformat()  # the app's clock (UTC) and the test's agree to the day
+
+
+def text_of(response) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", response.get_data(as_text=True)))
+
+
+@pytest.fixture
+def sysadmin(auth, accounts):
+    auth.login("sysadmin")
+    return auth
+
+
+def installed_count(app) -> int:
+    with app.app_context():
+        return wsgi.db.session.scalar(sa.select(sa.func.count()).select_from(InstalledLicense))
+
+
+def test_the_license_page_says_valid_updated_and_expires(client, sysadmin):
+    page = text_of(client.get("/admin/licenses/"))
+    assert f"License is valid. Last updated on: {TODAY}. License expires: Never" in page
+    assert "Registered to Test Corporation" in page
+    assert "3 of 100 in use" in page  # sysadmin, peopleadmin, jennifer; admin is not counted
+    assert "97 free" in page
+    assert "0 of 20 in use" in page and "0 of 10 in use" in page
+
+
+def test_view_all_lists_every_field_without_javascript(client, sysadmin, install_license):
+    install_license(MAX_PUBLISH_LOCATIONS=7, CRM_ALLOWED="Yes")
+    html = client.get("/admin/licenses/").get_data(as_text=True)
+    details = html[html.index("<details") : html.index("</details>")]
+    assert "<summary>View all</summary>" in details
+    for key, value in [
+        ("MAX_PUBLISH_LOCATIONS", "7"),
+        ("CRM_ALLOWED", "Yes"),
+        ("Host-Id", "TEST-1"),
+    ]:
+        assert f'<th scope="row">{key}</th><td>{value}</td>' in details
+
+
+def test_install_by_upload(app, client, sysadmin, make_license):
+    upload = (io.BytesIO(make_license(intranet=250).encode()), "new.lic")
+    response = client.post(
+        "/admin/licenses/install", data={"license_file": upload}, follow_redirects=True
+    )
+    page = text_of(response)
+    assert "Done: The new license is installed." in page
+    assert "3 of 250 in use" in page
+
+
+def test_a_crlf_paste_installs(client, sysadmin, make_license):
+    pasted = make_license(intranet=60).replace("\n", "\r\n")
+    page = text_of(
+        client.post(
+            "/admin/licenses/install", data={"license_text": pasted}, follow_redirects=True
+        )
+    )
+    assert "The new license is installed." in page and "3 of 60 in use" in page
+
+
+def test_a_changed_value_is_refused_and_the_license_in_force_stays(
+    app, client, sysadmin, make_license
+):
+    before = installed_count(app)
+    tampered = make_license(intranet=60).replace("MAX_USERS: 60", "MAX_USERS: 600")
+    page = text_of(
+        client.post(
+            "/admin/licenses/install", data={"license_text": tampered}, follow_redirects=True
+        )
+    )
+    assert "Not done: License signature is not valid" in page
+    assert "The license in force was not changed." in page
+    assert "3 of 100 in use" in page
+    assert installed_count(app) == before
+    with app.app_context():
+        last = wsgi.db.session.scalars(
+            sa.select(AuditEvent).order_by(AuditEvent.id.desc()).limit(1)
+        ).one()
+        assert (last.action, last.outcome, last.actor) == ("install", "refused", "sysadmin")
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"license_text": "   "}, "Choose a license file or paste the license text."),
+        (
+            {"license_file": (io.BytesIO(b"\xff\xfe\x00junk"), "x.lic")},
+            "The uploaded file is not a license: it is not UTF-8 text.",
+        ),
+        ({"license_text": "hello world"}, "License file is malformed"),
+    ],
+)
+def test_bad_input_gets_a_clear_message(app, client, sysadmin, data, message):
+    before = installed_count(app)
+    page = text_of(client.post("/admin/licenses/install", data=data, follow_redirects=True))
+    assert message in page
+    assert "License is valid." in page
+    assert installed_count(app) == before
+
+
+def test_a_license_for_another_host_is_refused(client, sysadmin, make_license):
+    page = text_of(
+        client.post(
+            "/admin/licenses/install",
+            data={"license_text": make_license(**{"Host-Name": "*.other.org"})},
+            follow_redirects=True,
+        )
+    )
+    assert "not for this site (intranet.example.com)" in page
+
+
+class _LicenseServer:
+    """A tiny HTTP server on loopback that serves one license text (or an error)."""
+
+    def __init__(self, body: bytes, status: int = 200):
+        outer = self
+        self.body, self.status = body, status
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server's name)
+                self.send_response(outer.status)
+                self.end_headers()
+                self.wfile.write(outer.body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/license.txt"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_fetch_a_new_license(app, client, sysadmin, make_license):
+    served = _LicenseServer(make_license(intranet=75).encode())
+    app.config["LICENSES_FETCH_URL"] = served.url
+    try:
+        page = text_of(client.get("/admin/licenses/"))
+        assert "Fetch a new license" in page
+        page = text_of(client.post("/admin/licenses/fetch", follow_redirects=True))
+    finally:
+        served.close()
+    assert "A new license was fetched and installed." in page and "3 of 75 in use" in page
+
+
+def test_a_failed_fetch_says_why_and_changes_nothing(app, client, sysadmin):
+    served = _LicenseServer(b"not found", status=404)
+    app.config["LICENSES_FETCH_URL"] = served.url
+    before = installed_count(app)
+    try:
+        page = text_of(client.post("/admin/licenses/fetch", follow_redirects=True))
+    finally:
+        served.close()
+    assert "the server answered 404" in page and "The license in force was not changed." in page
+    app.config["LICENSES_FETCH_URL"] = served.url  # now nobody listens there
+    page = text_of(client.post("/admin/licenses/fetch", follow_redirects=True))
+    assert "Could not fetch a license from" in page and "refused" in page
+    assert installed_count(app) == before
+
+
+def test_the_summary_page_and_the_cli_show_the_database_figures(
+    app, client, sysadmin, runner, make_person
+):
+    make_person("ext1", area="partners")
+    make_person("ext2", area="suppliers")
+    make_person("reader", readonly=True)
+    make_person("gone", blocked="admin")
+    with app.app_context():
+        active = wsgi.db.session.scalar(
+            sa.select(sa.func.count())
+            .select_from(wsgi.User)
+            .where(wsgi.User.active.is_(True), wsgi.User.username != "admin")
+        )
+    assert active == 6
+    line = "Number of Users 6 (3 in intranet area), excluding the administrator account"
+    page = text_of(client.get("/admin/licenses/summary"))
+    assert line in page
+    assert "Extranet pool: 2 in use of 20" in page
+    assert "Number of Documents 0 (0 including versions)" in page
+    result = runner.invoke(args=["licenses", "status"])
+    assert result.exit_code == 0
+    assert result.output.splitlines() == [
+        f"License is valid. Last updated on: {TODAY}. License expires: Never",
+        line,
+    ]
+
+
+def test_status_exits_non_zero_without_a_valid_license(app, runner):
+    with app.app_context():
+        wsgi.db.session.execute(sa.delete(InstalledLicense))
+        wsgi.db.session.commit()
+    result = runner.invoke(args=["licenses", "status"])
+    assert result.exit_code == 1
+    assert result.output.splitlines()[0] == "No license is installed."
+
+
+def test_installing_a_changed_license_from_the_cli_names_the_problem(
+    app, runner, make_license, tmp_path
+):
+    changed = tmp_path / "changed.lic"
+    changed.write_text(make_license(intranet=5).replace("Test Corporation", "Test Corp"))
+    result = runner.invoke(args=["licenses", "install", str(changed)])
+    assert result.exit_code != 0
+    assert "License signature is not valid" in result.output
+    assert "The license in force was not changed." in result.output
+    status = runner.invoke(args=["licenses", "status"])
+    assert status.exit_code == 0 and "License is valid." in status.output
+
+
+def test_keygen_issue_install(app, runner, tmp_path):
+    private, public = tmp_path / "v.pem", tmp_path / "v.pub"
+    result = runner.invoke(
+        args=["licenses", "keygen", "--private-key", str(private), "--public-key", str(public)]
+    )
+    assert result.exit_code == 0, result.output
+    assert private.stat().st_mode & 0o077 == 0
+    again = runner.invoke(
+        args=["licenses", "keygen", "--private-key", str(private), "--public-key", str(public)]
+    )
+    assert again.exit_code != 0 and "already exists" in again.output
+    out = tmp_path / "issued.lic"
+    result = runner.invoke(
+        args=[
+            "licenses", "issue", "--private-key", str(private), "--out", str(out),
+            "--set", "MAX_USERS=42", "--set", "Expires=2030-06-30",
+        ]
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    issued = load_license(out.read_text(), load_public_keys([public.read_text()]))
+    # Starts from the installed license's fields; --set overrides.
+    assert issued.get("Registered-To") == "Test Corporation"
+    assert issued.limit("MAX_USERS") == 42 and issued.get("Expires") == "2030-06-30"
+    # Trusting the new key (rotation: both keys) lets it install.
+    app.config["LICENSES_PUBLIC_KEYS"] = [*app.config["LICENSES_PUBLIC_KEYS"], str(public)]
+    result = runner.invoke(args=["licenses", "install", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "License expires: 2030-06-30" in result.output
+
+
+def test_issue_signs_with_the_configured_vendor_key(app, runner, vendor_key, tmp_path):
+    out = tmp_path / "next.lic"
+    result = runner.invoke(args=["licenses", "issue", "--out", str(out), "--set", "MAX_USERS=9"])
+    assert result.exit_code == 0, result.output
+    assert load_license(out.read_text(), load_public_keys([str(vendor_key.public_path)]))
+    app.config["LICENSES_VENDOR_PRIVATE_KEY"] = None
+    result = runner.invoke(args=["licenses", "issue", "--out", str(out)])
+    assert result.exit_code != 0
+    assert "No private key" in result.output
+    bad = runner.invoke(
+        args=["licenses", "issue", "--private-key", str(vendor_key.private_path), "--out",
+              str(out), "--set", "novalue"]
+    )  # fmt: skip
+    assert bad.exit_code != 0 and "is not KEY=VALUE" in bad.output
+
+
+def test_a_second_trusted_key_verifies(app, client, sysadmin, tmp_path):
+    from intranet_licenses.license_file import generate_key_pair, load_private_key
+
+    private_pem, public_pem = generate_key_pair()
+    text = sign_text(license_fields(intranet=33), load_private_key(private_pem))
+    app.config["LICENSES_PUBLIC_KEYS"] = [*app.config["LICENSES_PUBLIC_KEYS"], public_pem.decode()]
+    page = text_of(
+        client.post("/admin/licenses/install", data={"license_text": text}, follow_redirects=True)
+    )
+    assert "3 of 33 in use" in page
