@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 PORT   ?= 5000
 BIN     = $(VENV)/bin
+# The PostgreSQL server the tests use (this machine runs one; .ci/run makes sure of it).
+export TEST_POSTGRES_URL ?= postgresql://postgres@127.0.0.1:5432/test
 FLASK   = $(BIN)/flask --app wsgi
 
 .PHONY: run test lint wheel clean

@@ -244,8 +244,8 @@ def _psycopg_url(url: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def postgres_url():
-    """A fresh database on the server named by TEST_POSTGRES_URL (dropped afterwards).
+def postgres_server():
+    """An engine on the server named by TEST_POSTGRES_URL.
 
     Under CI (CI=true) a missing or unreachable server fails the test instead of skipping.
     """
@@ -265,11 +265,16 @@ def postgres_url():
         if os.environ.get("CI") == "true":
             pytest.fail(problem)
         pytest.skip(problem)
-    name = f"licenses_test_{uuid.uuid4().hex[:12]}"
-    with engine.connect() as conn:
-        conn.execute(sa.text(f'create database "{name}"'))
-    test_url = engine.url.set(database=name)
-    yield test_url.render_as_string(hide_password=False)
-    with engine.connect() as conn:
-        conn.execute(sa.text(f'drop database if exists "{name}" with (force)'))
+    yield engine
     engine.dispose()
+
+
+@pytest.fixture
+def postgres_url(postgres_server):
+    """A fresh, empty database on the test PostgreSQL server, dropped afterwards."""
+    name = f"licenses_test_{uuid.uuid4().hex[:12]}"
+    with postgres_server.connect() as conn:
+        conn.execute(sa.text(f'create database "{name}"'))
+    yield postgres_server.url.set(database=name).render_as_string(hide_password=False)
+    with postgres_server.connect() as conn:
+        conn.execute(sa.text(f'drop database if exists "{name}" with (force)'))

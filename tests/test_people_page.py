@@ -1,0 +1,280 @@
+"""The People page and the `flask licenses people` commands (issue 4)."""
+
+from __future__ import annotations
+
+import html
+import re
+
+import pytest
+import sqlalchemy as sa
+from conftest import count_users, person_state, usage
+
+import wsgi
+from intranet_licenses.models import AWAITING_LICENSE, BLOCKED_BY_ADMIN
+
+PEOPLE = "/admin/licenses/people"
+
+
+def text_of(response) -> str:
+    page = re.sub(r"<[^>]+>", " ", response.get_data(as_text=True))
+    return re.sub(r"\s+", " ", html.unescape(page))
+
+
+def usernames_on(response) -> list[str]:
+    html = response.get_data(as_text=True)
+    body = html[html.index("<tbody>") : html.index("</tbody>")]
+    return re.findall(r"<tr>\s*<td>\d+</td>\s*<td>([^<]+)</td>", body)
+
+
+@pytest.fixture
+def peopleadmin(auth, accounts):
+    auth.login("peopleadmin")
+    return auth
+
+
+def user_id(app, username):
+    with app.app_context():
+        return wsgi.db.session.scalar(
+            sa.select(wsgi.User.id).where(wsgi.User.username == username)
+        )
+
+
+def test_meters_show_used_limit_free_and_waiting(client, peopleadmin, make_person):
+    make_person("waiter", area="partners", blocked=AWAITING_LICENSE)
+    page = text_of(client.get(PEOPLE))
+    assert "3 of 100 in use" in page and "97 free" in page
+    assert "0 of 20 in use" in page and "1 waiting for a license" in page
+
+
+def test_search_is_a_case_insensitive_prefix_on_username_names_and_email(
+    client, peopleadmin, make_person
+):
+    make_person("zoe.quinn", first_name="Zoë", surname="Quinn", email="zq@partner.org")
+    make_person("bob", first_name="Robert", surname="Zoeller", email="bob@example.com")
+    make_person("carl", first_name="Carl", surname="Smith", email="zorro@example.com")
+    assert usernames_on(client.get(PEOPLE, query_string={"q": "ZOE"})) == ["zoe.quinn", "bob"]
+    assert usernames_on(client.get(PEOPLE, query_string={"q": "zo"})) == [
+        "zoe.quinn",
+        "bob",
+        "carl",
+    ]
+    assert usernames_on(client.get(PEOPLE, query_string={"q": "zoë"})) == ["zoe.quinn"]
+    assert usernames_on(client.get(PEOPLE, query_string={"q": "%"})) == []
+    assert usernames_on(client.get(PEOPLE, query_string={"q": "uinn"})) == []
+
+
+def test_filters_by_state_area_pool_and_reason(client, peopleadmin, make_person):
+    make_person("p1", area="partners")
+    make_person("r1", readonly=True)
+    make_person("b1", blocked=BLOCKED_BY_ADMIN)
+    make_person("w1", blocked=AWAITING_LICENSE)
+    assert usernames_on(client.get(PEOPLE, query_string={"state": "blocked"})) == ["b1", "w1"]
+    assert usernames_on(client.get(PEOPLE, query_string={"area": "partners"})) == ["p1"]
+    assert usernames_on(client.get(PEOPLE, query_string={"pool": "readonly"})) == ["r1"]
+    assert usernames_on(client.get(PEOPLE, query_string={"reason": "license"})) == ["w1"]
+    assert "Nobody matches." in text_of(
+        client.get(PEOPLE, query_string={"state": "blocked", "area": "suppliers"})
+    )
+
+
+def test_keyset_pages_forward_and_back(app, client, peopleadmin, make_person):
+    app.config["LICENSES_PAGE_SIZE"] = 3
+    for number in range(5):
+        make_person(f"page{number}")
+    first = client.get(PEOPLE)
+    assert usernames_on(first) == ["admin", "sysadmin", "peopleadmin"]
+    next_link = re.search(r'href="([^"]+)" rel="next"', first.get_data(as_text=True)).group(1)
+    second = client.get(next_link.replace("&amp;", "&"))
+    assert usernames_on(second) == ["jennifer", "page0", "page1"]
+    prev_link = re.search(r'href="([^"]+)" rel="prev"', second.get_data(as_text=True)).group(1)
+    assert usernames_on(client.get(prev_link.replace("&amp;", "&"))) == [
+        "admin",
+        "sysadmin",
+        "peopleadmin",
+    ]
+    assert usernames_on(client.get(PEOPLE, query_string={"after": "abc"}))[0] == "admin"
+
+
+def test_add_one_person(app, client, peopleadmin):
+    response = client.post(
+        f"{PEOPLE}/add",
+        data={
+            "username": "new.person",
+            "first_name": "Nóra",
+            "surname": "O'Neill",
+            "email": "nora@example.com",
+            "area": "suppliers",
+        },
+        follow_redirects=True,
+    )
+    assert "Done: new.person was added and is active." in text_of(response)
+    assert person_state(app, "new.person") == (True, "suppliers", "extranet", None, "extranet")
+
+
+def test_adding_to_a_full_pool_shows_the_refusal_and_changes_nothing(
+    app, client, peopleadmin, install_license
+):
+    install_license(intranet=3)
+    before = count_users(app)
+    response = client.post(
+        f"{PEOPLE}/add",
+        data={"username": "late", "first_name": "L", "surname": "Ate", "area": "primary"},
+        follow_redirects=True,
+    )
+    page = text_of(response)
+    assert "Not done: No free seat in the intranet pool: 3 of 3 seats are in use" in page
+    assert "Request more licenses, or block or delete people" in page
+    assert count_users(app) == before and usage(app)["intranet"] == 3
+
+
+def test_add_refuses_bad_fields_in_words(app, client, peopleadmin):
+    before = count_users(app)
+    page = text_of(
+        client.post(
+            f"{PEOPLE}/add",
+            data={"username": "Jennifer", "first_name": "J", "surname": "X", "area": "primary"},
+            follow_redirects=True,
+        )
+    )
+    assert "A person with the username 'jennifer' already exists" in page
+    page = text_of(
+        client.post(
+            f"{PEOPLE}/add",
+            data={"username": "x", "first_name": "", "surname": "X", "area": "primary"},
+            follow_redirects=True,
+        )
+    )
+    assert "The person was not added. First name: This field is required." in page
+    page = text_of(
+        client.post(
+            f"{PEOPLE}/add",
+            data={"username": "y", "first_name": "Y", "surname": "Y", "area": "mars"},
+            follow_redirects=True,
+        )
+    )
+    assert "The person was not added. Area: Not a valid choice." in page
+    assert count_users(app) == before
+
+
+def test_block_then_unblock_refused_when_full(app, client, peopleadmin, install_license):
+    jennifer = user_id(app, "jennifer")
+    page = text_of(client.post(f"{PEOPLE}/{jennifer}/block", follow_redirects=True))
+    assert "Done: jennifer is blocked; their seat is free." in page
+    assert person_state(app, "jennifer")[:4] == (False, "primary", "intranet", BLOCKED_BY_ADMIN)
+    install_license(intranet=2)
+    page = text_of(client.post(f"{PEOPLE}/{jennifer}/unblock", follow_redirects=True))
+    assert "Not done: No free seat in the intranet pool: 2 of 2 seats are in use" in page
+    assert person_state(app, "jennifer")[0] is False
+    install_license(intranet=3)
+    page = text_of(client.post(f"{PEOPLE}/{jennifer}/unblock", follow_redirects=True))
+    assert "Done: jennifer is active again." in page
+    assert person_state(app, "jennifer") == (True, "primary", "intranet", None, "intranet")
+
+
+def test_the_administrator_account_cannot_be_blocked_from_the_page(app, client, peopleadmin):
+    page = text_of(client.post(f"{PEOPLE}/{user_id(app, 'admin')}/block", follow_redirects=True))
+    assert "Not done: The administrator account cannot be blocked." in page
+    assert person_state(app, "admin")[0] is True
+    html = client.get(PEOPLE).get_data(as_text=True)
+    assert "Administrator account" in html
+    assert f"/people/{user_id(app, 'admin')}/block" not in html
+
+
+def test_delete_asks_for_confirmation_and_says_it_is_permanent(app, client, peopleadmin):
+    jennifer = user_id(app, "jennifer")
+    confirm = text_of(client.get(f"{PEOPLE}/{jennifer}/delete"))
+    assert "Delete jennifer?" in confirm and "It cannot be undone." in confirm
+    assert person_state(app, "jennifer") is not None  # the GET changed nothing
+    page = text_of(client.post(f"{PEOPLE}/{jennifer}/delete", follow_redirects=True))
+    assert "Done: jennifer was deleted for good." in page
+    assert person_state(app, "jennifer") is None and usage(app)["intranet"] == 2
+    gone = text_of(client.get(f"{PEOPLE}/{jennifer}/delete", follow_redirects=True))
+    assert f"There is no person with ID {jennifer}" in gone
+
+
+def test_move_into_a_full_pool_is_refused_and_the_person_stays(
+    app, client, peopleadmin, install_license
+):
+    install_license(extranet=0)
+    jennifer = user_id(app, "jennifer")
+    page = text_of(
+        client.post(f"{PEOPLE}/{jennifer}/move", data={"area": "partners"}, follow_redirects=True)
+    )
+    assert "Not done: No free seat in the extranet pool: 0 of 0" in page
+    assert person_state(app, "jennifer")[:3] == (True, "primary", "intranet")
+    page = text_of(
+        client.post(
+            f"{PEOPLE}/{jennifer}/move", data={"area": "primary", "readonly": "y"},
+            follow_redirects=True,
+        )
+    )  # fmt: skip
+    assert "Done: jennifer was moved." in page
+    assert person_state(app, "jennifer")[:3] == (True, "primary", "readonly")
+
+
+def test_activate_waiting_from_the_page(app, client, peopleadmin, make_person, install_license):
+    make_person("wait1", blocked=AWAITING_LICENSE)
+    make_person("wait2", blocked=AWAITING_LICENSE)
+    install_license(intranet=4)
+    page = text_of(client.post(f"{PEOPLE}/activate-waiting", follow_redirects=True))
+    assert "Activated 1: wait1. Still waiting: 1." in page
+    page = text_of(client.post(f"{PEOPLE}/activate-waiting", follow_redirects=True))
+    assert "Nobody could be activated: 1 people wait" in page
+    assert person_state(app, "wait2")[3] == AWAITING_LICENSE
+
+
+def test_a_forged_post_without_csrf_token_changes_nothing(app, client, peopleadmin):
+    app.config["WTF_CSRF_ENABLED"] = True
+    jennifer = user_id(app, "jennifer")
+    page = text_of(client.post(f"{PEOPLE}/{jennifer}/block", follow_redirects=True))
+    assert "The form expired; please try again." in page
+    assert person_state(app, "jennifer")[0] is True
+
+
+# The CLI -----------------------------------------------------------------------------
+
+
+def test_cli_add_and_the_refusal_at_the_limit(app, runner, install_license):
+    install_license(extranet=1)
+    ok = runner.invoke(
+        args=["licenses", "people", "add", "ext", "--first-name", "E", "--surname", "X",
+              "--email", "ext@example.com", "--area", "partners"]
+    )  # fmt: skip
+    assert ok.exit_code == 0 and "ext was added and is active." in ok.output
+    refused = runner.invoke(
+        args=["licenses", "people", "add", "ext2", "--first-name", "E", "--surname", "X",
+              "--email", "ext2@example.com", "--area", "suppliers"]
+    )  # fmt: skip
+    assert refused.exit_code == 1
+    assert "No free seat in the extranet pool: 1 of 1 seats are in use" in refused.output
+    assert person_state(app, "ext2") is None
+
+
+def test_cli_block_unblock_move_delete_and_activate(app, runner, make_person, install_license):
+    make_person("cli.user")
+    result = runner.invoke(args=["licenses", "people", "block", "CLI.USER"])
+    assert result.exit_code == 0 and "cli.user" in result.output.lower()
+    assert person_state(app, "cli.user")[3] == BLOCKED_BY_ADMIN
+    install_license(intranet=0)
+    refused = runner.invoke(args=["licenses", "people", "unblock", "cli.user"])
+    assert refused.exit_code == 1 and "intranet pool: 0 of 0" in refused.output
+    install_license()
+    assert runner.invoke(args=["licenses", "people", "unblock", "cli.user"]).exit_code == 0
+    moved = runner.invoke(args=["licenses", "people", "move", "cli.user", "--area", "suppliers"])
+    assert moved.exit_code == 0
+    assert person_state(app, "cli.user")[:3] == (True, "suppliers", "extranet")
+    readonly = runner.invoke(
+        args=["licenses", "people", "move", "cli.user", "--area", "suppliers", "--readonly"]
+    )
+    assert readonly.exit_code == 0 and person_state(app, "cli.user")[2] == "readonly"
+    unknown = runner.invoke(args=["licenses", "people", "move", "cli.user", "--area", "moon"])
+    assert unknown.exit_code == 1 and "Unknown area 'moon'" in unknown.output
+    admin = runner.invoke(args=["licenses", "people", "delete", "admin", "--yes"])
+    assert admin.exit_code == 1 and "administrator account cannot be deleted" in admin.output
+    nobody = runner.invoke(args=["licenses", "people", "block", "nobody"])
+    assert nobody.exit_code == 1 and "Nobody has the username 'nobody'." in nobody.output
+    gone = runner.invoke(args=["licenses", "people", "delete", "cli.user", "--yes"])
+    assert gone.exit_code == 0 and person_state(app, "cli.user") is None
+    make_person("patient", blocked=AWAITING_LICENSE)
+    activated = runner.invoke(args=["licenses", "people", "activate-waiting"])
+    assert activated.output.strip() == "Activated 1; 0 still waiting for a license."
