@@ -356,9 +356,11 @@ def seed_demo_command(password, if_empty):
     )
     db.session.commit()
 
+    # One hash for every demo account: they share the password anyway, and scrypt is slow.
+    password_hash = generate_password_hash(password, method=method)
     existing = {u.username: u for u in db.session.scalars(select(User))}
     for user in existing.values():
-        user.password_hash = generate_password_hash(password, method=method)
+        user.password_hash = password_hash
     db.session.commit()
     if "jennifer" in existing:
         click.echo("The demo people exist already; their passwords were reset.")
@@ -378,7 +380,7 @@ def seed_demo_command(password, if_empty):
             path="cli",
         )
         user = db.session.scalar(select(User).where(User.username == username))
-        user.password_hash = generate_password_hash(password, method=method)
+        user.password_hash = password_hash
         for name, value in flags.items():
             setattr(user, name, value)
         return user
