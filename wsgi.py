@@ -116,6 +116,7 @@ def create_app(test_config: dict | None = None, instance_path: str | None = None
         or f"sqlite:///{instance / 'intranet.db'}",
         LICENSES_EXTRANET_AREAS=["partners", "suppliers"],
         LICENSES_SITE_NAME="intranet.example.com",
+        LICENSES_BASE_TEMPLATE="base.html",
         DEMO_PASSWORD_METHOD="scrypt",
         MAIL_DEFAULT_SENDER="intranet@example.com",
     )
