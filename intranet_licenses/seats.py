@@ -358,20 +358,28 @@ def _move_counters(session, changes: list[_Change], now: datetime) -> None:
         return
     conn = session.connection()
     limits = licensing.limits(session, now.date()) if any(d > 0 for d in deltas.values()) else {}
+
+    def refuse(pool: str, used: int):
+        status = licensing.current(session, now.date()).status
+        why = None if status.valid else status.sentence
+        return SeatLimitExceeded(pool, limits[pool], used, needed=deltas[pool], why=why)
+
+    # A pool that is already full by its committed count is refused without taking the
+    # counter's lock, so refusals at a full pool do not queue behind admissions. Seats are
+    # only ever granted by the conditional UPDATE below.
+    for pool in sorted(deltas):
+        limit = limits.get(pool)
+        if deltas[pool] > 0 and limit is not None and _used(conn, pool) + deltas[pool] > limit:
+            releases = sum(-d for d in deltas.values() if d < 0)
+            if not releases:
+                raise refuse(pool, _used(conn, pool))
     applied: list[tuple[str, int]] = []
     for pool in sorted(deltas):
         delta = deltas[pool]
         if delta > 0 and not _take(conn, pool, delta, limits[pool]):
             for done_pool, done in applied:
                 _adjust(conn, done_pool, -done)
-            status = licensing.current(session, now.date()).status
-            raise SeatLimitExceeded(
-                pool,
-                limits[pool],
-                _used(conn, pool),
-                needed=delta,
-                why=None if status.valid else status.sentence,
-            )
+            raise refuse(pool, _used(conn, pool))
         if delta < 0:
             _adjust(conn, pool, delta)
         if delta:
