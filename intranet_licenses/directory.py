@@ -275,17 +275,19 @@ class _AreaScope:
 
 
 def _norm_dn(dn: str) -> str:
-    """A DN compared without regard to case or spaces around separators."""
+    """A DN compared without regard to case, spaces, or the order inside a multi-valued RDN."""
     from ldap3.utils.dn import parse_dn
 
     try:
         parts = parse_dn(dn, escape=False, strip=True)
     except Exception:
         return dn.strip().lower()
-    out = []
+    rdns: list[list[str]] = [[]]
     for attr, value, sep in parts:
-        out.append(f"{attr.lower()}={value.lower()}{sep if sep == '+' else ','}")
-    return "".join(out).rstrip(",")
+        rdns[-1].append(f"{attr.lower()}={value.lower()}")
+        if sep != "+":
+            rdns.append([])
+    return ",".join("+".join(sorted(rdn)) for rdn in rdns if rdn)
 
 
 def _area_groups(conn, settings: DirectorySettings) -> list[_AreaScope]:
@@ -329,6 +331,19 @@ def _first(raw: dict, name: str) -> str:
     return ""
 
 
+def _first_name_from_cn(raw: dict, surname: str) -> str:
+    """No givenName: a common name without the surname ("Barbara Jensen" -> "Barbara").
+
+    The first cn value that ends with the surname gives the first name; else the first cn.
+    """
+    names = [v.decode("utf-8").strip() for v in raw.get("cn") or []]
+    names = [name for name in names if name]
+    for name in names:
+        if surname and name.lower().endswith(" " + surname.lower()):
+            return name[: -len(surname)].strip()
+    return names[0] if names else ""
+
+
 def _stable_id(raw: dict) -> str | None:
     guid = raw.get("objectGUID") or []
     if guid:
@@ -363,11 +378,7 @@ def _person(dn: str, raw: dict, settings, groups) -> DirectoryPerson | Skipped:
         surname = _first(raw, "sn")
         first_name = _first(raw, "givenName")
         if not first_name:
-            # No givenName: the common name without the surname ("Barbara Jensen" -> Barbara).
-            common = _first(raw, "cn")
-            if surname and common.lower().endswith(surname.lower()):
-                common = common[: -len(surname)].strip()
-            first_name = common
+            first_name = _first_name_from_cn(raw, surname)
         email = _first(raw, "mail")
         control = _first(raw, "userAccountControl")
     except UnicodeDecodeError:

@@ -37,7 +37,8 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _config_ldif(folder: Path, schemas: list[Path]) -> str:
+def _config_ldif(folder: Path, schemas: list[Path], suffix: str = SUFFIX) -> str:
+    admin_dn = f"cn=admin,{suffix}"
     parts = [
         f"dn: cn=config\nobjectClass: olcGlobal\ncn: config\nolcPidFile: {folder / 'slapd.pid'}\n",
     ]
@@ -61,9 +62,9 @@ def _config_ldif(folder: Path, schemas: list[Path]) -> str:
     parts.append(
         "dn: olcDatabase={1}mdb,cn=config\nobjectClass: olcDatabaseConfig\n"
         "objectClass: olcMdbConfig\nolcDatabase: {1}mdb\n"
-        f"olcSuffix: {SUFFIX}\nolcRootDN: {ADMIN_DN}\nolcRootPW: {ADMIN_PASSWORD}\n"
+        f"olcSuffix: {suffix}\nolcRootDN: {admin_dn}\nolcRootPW: {ADMIN_PASSWORD}\n"
         f"olcDbDirectory: {folder / 'data'}\nolcDbMaxSize: 104857600\n"
-        "olcAccess: {0}to * by dn.exact=" + ADMIN_DN + " manage by * none\n"
+        "olcAccess: {0}to * by dn.exact=" + admin_dn + " manage by * none\n"
     )
     return "\n".join(parts)
 
@@ -71,8 +72,18 @@ def _config_ldif(folder: Path, schemas: list[Path]) -> str:
 class Slapd:
     """One slapd process; ``start()``, ``stop()``, and ``connection()`` as the admin."""
 
-    def __init__(self, folder: Path, *, extra_schemas: list[Path] | None = None):
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        extra_schemas: list[Path] | None = None,
+        suffix: str = SUFFIX,
+        add_suffix: bool = True,
+    ):
         self.folder = Path(folder)
+        self.suffix = suffix
+        self.admin_dn = f"cn=admin,{suffix}"
+        self.add_suffix = add_suffix
         self.port = _free_port()
         self.url = f"ldap://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
@@ -92,7 +103,7 @@ class Slapd:
         config_dir.mkdir(parents=True)
         (self.folder / "data").mkdir()
         ldif = self.folder / "config.ldif"
-        ldif.write_text(_config_ldif(self.folder, self.schemas))
+        ldif.write_text(_config_ldif(self.folder, self.schemas, self.suffix))
         slapadd = [binary, "-T", "add", "-n", "0", "-F", str(config_dir), "-l", str(ldif)]
         done = subprocess.run(slapadd, capture_output=True, text=True)
         if done.returncode != 0:
@@ -127,15 +138,16 @@ class Slapd:
         else:
             self.stop()
             raise RuntimeError("slapd did not answer on loopback within 15 seconds")
-        if not self._has_suffix():
+        if self.add_suffix and not self._has_suffix():
             conn = self.connection()
-            conn.add(SUFFIX, ["dcObject", "organization"], {"dc": "licenses", "o": "Licenses"})
+            dc = self.suffix.split(",")[0].split("=", 1)[1]
+            conn.add(self.suffix, ["dcObject", "organization"], {"dc": dc, "o": dc})
             conn.unbind()
         return self
 
     def _has_suffix(self) -> bool:
         conn = self.connection()
-        found = conn.search(SUFFIX, "(objectClass=*)", search_scope=ldap3.BASE)
+        found = conn.search(self.suffix, "(objectClass=*)", search_scope=ldap3.BASE)
         conn.unbind()
         return found
 
@@ -153,7 +165,7 @@ class Slapd:
 
     def connection(self) -> ldap3.Connection:
         server = ldap3.Server(self.url, get_info=ldap3.NONE, connect_timeout=2)
-        return ldap3.Connection(server, ADMIN_DN, ADMIN_PASSWORD, auto_bind=True)
+        return ldap3.Connection(server, self.admin_dn, ADMIN_PASSWORD, auto_bind=True)
 
 
 class Directory:
