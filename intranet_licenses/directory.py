@@ -81,20 +81,21 @@ def settings_from_config(
     base_dn = base_dn or config("LDAP_BASE_DN")
     if not url:
         raise DirectoryError(
-            "No directory server is set: pass --url or set LICENSES_LDAP_URL "
-            "(for example ldap://ad.example.com)."
+            "No directory server is set: set LICENSES_LDAP_URL (for example "
+            "ldap://ad.example.com), or pass --url to the command."
         )
     if not base_dn:
         raise DirectoryError(
-            "No base DN is set: pass --base-dn or set LICENSES_LDAP_BASE_DN "
-            "(for example ou=Staff,dc=example,dc=com)."
+            "No base DN is set: set LICENSES_LDAP_BASE_DN (for example "
+            "ou=Staff,dc=example,dc=com), or pass --base-dn to the command."
         )
     if password is None:
         password = config("LDAP_PASSWORD") or os.environ.get("LICENSES_LDAP_PASSWORD")
     bind_dn = bind_dn or config("LDAP_BIND_DN")
     if bind_dn and not password:
         raise DirectoryError(
-            f"No password for {bind_dn}: pass --password-file or set LICENSES_LDAP_PASSWORD."
+            f"No password for {bind_dn}: set LICENSES_LDAP_PASSWORD, or pass --password-file "
+            "to the command."
         )
     areas = dict(config("LDAP_AREAS") or {})
     for area in areas:
@@ -513,6 +514,9 @@ def apply(session, listing: DirectoryListing, *, actor: str, now: datetime, path
             select(Profile.user_id, Profile.directory_id).where(Profile.directory_id.is_not(None))
         )
     }
+    # Load every directory profile and its user in a few queries (not one per person); the
+    # list keeps them in the session's identity map, so session.get() below finds them.
+    loaded = _load(session, list(by_id.values()))
     listed_ids = {p.directory_id for p in listing.people}
     # Entries skipped as malformed are still in the directory: never "gone" because of that.
     known_ids = listed_ids | {s.directory_id for s in listing.skipped if s.directory_id}
@@ -641,7 +645,18 @@ def apply(session, listing: DirectoryListing, *, actor: str, now: datetime, path
         if count:
             record_exceeded(session, pool=pool, waiting=count, actor=actor, now=now, path=path)
     session.flush()
+    del loaded
     return report
+
+
+def _load(session, user_ids: list[int], chunk: int = 500) -> list:
+    ad = adapter()
+    loaded: list = []
+    for start in range(0, len(user_ids), chunk):
+        part = user_ids[start : start + chunk]
+        loaded += session.scalars(select(ad.model).where(ad.column("id").in_(part))).all()
+        loaded += session.scalars(select(Profile).where(Profile.user_id.in_(part))).all()
+    return loaded
 
 
 def record_exceeded(session, *, pool: str, waiting: int, actor: str, now: datetime, path: str):

@@ -424,7 +424,7 @@ def test_the_command(app, runner, install_license, tree, tmp_path, slapd_server)
     assert "refused the sign-in" in result.output
     result = runner.invoke(args=["licenses", "sync-directory"])
     assert result.exit_code == 1
-    assert f"No password for {ADMIN_DN}: pass --password-file" in result.output
+    assert f"No password for {ADMIN_DN}: set LICENSES_LDAP_PASSWORD" in result.output
     secret.write_text(ADMIN_PASSWORD)
     result = runner.invoke(
         args=["licenses", "sync-directory", "--password-file", str(secret), "--filter", "uid=x("]
@@ -468,3 +468,59 @@ def test_an_objectguid_becomes_the_canonical_uuid(app, install_license, tree):
         profile = seats.profile_of(wsgi.db.session, seats.find_person(wsgi.db.session, "abe"))
         assert profile.directory_id == str(guid)
         assert profile.source == "directory"
+
+
+@pytest.fixture
+def pg_app(postgres_url, vendor_key, tmp_path, make_license):
+    """The demo app on a PostgreSQL database of its own (dropped afterwards)."""
+    from conftest import PASSWORD, app_config
+
+    from intranet_licenses import licensing
+
+    admin_engine = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    name = f"licenses_dir_{uuid.uuid4().hex[:10]}"
+    with admin_engine.connect() as conn:
+        conn.execute(sa.text(f'create database "{name}"'))
+    url = sa.engine.make_url(postgres_url).set(database=name)
+    app = wsgi.create_app(
+        app_config(url.render_as_string(hide_password=False), vendor_key),
+        instance_path=str(tmp_path / "instance"),
+    )
+    result = app.test_cli_runner().invoke(args=["init-db", "--password", PASSWORD])
+    assert result.exit_code == 0, result.output
+    with app.app_context():
+        licensing.install(
+            wsgi.db.session, make_license(intranet=10), actor="test", now=utcnow(), path="test"
+        )
+        wsgi.db.session.commit()
+    yield app
+    with app.app_context():
+        wsgi.db.engine.dispose()
+    with admin_engine.connect() as conn:
+        conn.execute(sa.text(f'drop database if exists "{name}" with (force)'))
+    admin_engine.dispose()
+
+
+@pytest.mark.postgres
+def test_ten_free_seats_and_twenty_five_new_people_on_postgresql(pg_app, slapd_server):
+    tree = Directory(slapd_server)
+    try:
+        pg_app.config.update(
+            LICENSES_LDAP_URL=slapd_server.url,
+            LICENSES_LDAP_BIND_DN=ADMIN_DN,
+            LICENSES_LDAP_PASSWORD=ADMIN_PASSWORD,
+            LICENSES_LDAP_BASE_DN=tree.base_dn,
+        )
+        for n in range(25):
+            tree.add_ad_user(f"pg{n:02d}")
+        report = sync(pg_app)
+        assert (report.created_active, report.created_waiting) == (10, 15)
+        assert usage(pg_app)["intranet"] == 10
+        for name in sorted(active_names(pg_app))[:5]:
+            admin_block(pg_app, name)
+        report = sync(pg_app)
+        assert report.activated == 5
+        assert usage(pg_app)["intranet"] == 10
+        assert len(waiting_names(pg_app)) == 10
+    finally:
+        tree.conn.unbind()
