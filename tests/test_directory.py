@@ -524,3 +524,25 @@ def test_ten_free_seats_and_twenty_five_new_people_on_postgresql(pg_app, slapd_s
         assert len(waiting_names(pg_app)) == 10
     finally:
         tree.conn.unbind()
+
+
+def test_sync_now_without_a_configured_directory_says_what_to_set(client, auth, accounts):
+    auth.login("peopleadmin")
+    response = client.post("/admin/licenses/people/sync-directory")
+    assert response.status_code == 200
+    text = response.get_data(as_text=True)
+    assert "The sync did not run: No directory server is set: set LICENSES_LDAP_URL" in text
+
+
+def test_a_waiting_person_disabled_in_the_directory_is_not_activated(app, install_license, tree):
+    install_license(intranet=1)
+    tree.add_ad_user("amo")
+    dn = tree.add_ad_user("bea")
+    sync(app)
+    assert states(app)["bea"] == (False, AWAITING_LICENSE)
+    tree.disable(dn)
+    admin_block(app, "amo")
+    report = sync(app)
+    assert report.blocked == 1 and report.activated == 0
+    assert states(app)["bea"] == (False, BLOCKED_BY_DIRECTORY)
+    assert usage(app)["intranet"] == 0
