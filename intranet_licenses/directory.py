@@ -22,6 +22,7 @@ So people who waited longest get freed seats first, and a new person never jumps
 from __future__ import annotations
 
 import os
+import ssl
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -70,6 +71,8 @@ class DirectorySettings:
     #: {area name: group DN or OU DN}; the first that holds a person decides their area.
     areas: dict = field(default_factory=dict)
     timeout: int = 10
+    #: CA certificates (PEM file) for ldaps://; None uses the system's.
+    ca_file: str | None = None
 
 
 def settings_from_config(
@@ -111,6 +114,7 @@ def settings_from_config(
         search_filter=search_filter or config("LDAP_FILTER"),
         areas=areas,
         timeout=int(config("LDAP_TIMEOUT")),
+        ca_file=config("LDAP_CA_FILE"),
     )
 
 
@@ -151,8 +155,12 @@ def read_directory(settings: DirectorySettings) -> DirectoryListing:
     import ldap3
     from ldap3.core.exceptions import LDAPException, LDAPInvalidFilterError
 
+    # ldaps:// verifies the server's certificate (ldap3's default would not).
+    tls = ldap3.Tls(validate=ssl.CERT_REQUIRED, ca_certs_file=settings.ca_file or None)
     try:
-        server = ldap3.Server(settings.url, get_info=ldap3.NONE, connect_timeout=settings.timeout)
+        server = ldap3.Server(
+            settings.url, get_info=ldap3.NONE, connect_timeout=settings.timeout, tls=tls
+        )
     except LDAPException as exc:
         raise DirectoryError(f"'{settings.url}' is not a usable directory URL ({exc}).") from None
     conn = ldap3.Connection(
@@ -162,6 +170,7 @@ def read_directory(settings: DirectorySettings) -> DirectoryListing:
         receive_timeout=settings.timeout,
         raise_exceptions=False,
         read_only=True,
+        auto_referrals=False,  # AD answers with referrals to other partitions: not followed
     )
     try:
         try:
@@ -263,8 +272,10 @@ def _close(conn) -> None:
 
 
 def _reason(exc) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.replace("socket ssl wrapping error: ", "").split(" - ")[0][:200]
+    text = str(exc).strip().replace("socket ssl wrapping error: ", "").split(" - ")[0]
+    # ldap3 wraps some causes in tuples: (("('[SSL: ...] ... (_ssl.c:1006)',)",))
+    text = text.strip("()\"', ")
+    return text[:200] or type(exc).__name__
 
 
 @dataclass(frozen=True)
