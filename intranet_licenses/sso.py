@@ -5,13 +5,17 @@ for. It returns the host user to log in: the existing profile (matched by userna
 regard to case) or a new active profile (source ``sso``) when the pool has a free seat.
 Otherwise it raises :class:`SignInRefused`, whose ``str()`` is a sentence the login page can
 show; a refused sign-in leaves no profile behind (only the audit record of the refusal).
-Like the seat service, it flushes and the caller commits, also after a refusal.
+Like the seat service, it flushes and the caller commits, also after a refusal. Two
+sign-ins of the same new person at once give one profile: the one that loses the race rolls
+its session back (sign-in has nothing else pending) and returns the profile the other made.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
+
+from sqlalchemy.exc import IntegrityError
 
 from . import access, seats
 from .models import PRIMARY_AREA
@@ -53,23 +57,17 @@ def sign_in(
     actor: str = "sso",
 ):
     """The host user for these claims, or SignInRefused (see the module docstring)."""
+    # With no username claim the whole email address is the username (never its local part:
+    # alice@a.example and alice@b.example are two people).
     username = _claim(claims, USERNAME_CLAIMS)
-    if username == _claim(claims, ("email",)) and "@" in username:
-        username = username.split("@", 1)[0]
     if not username:
         raise SignInRefused(
             "invalid",
             "The sign-in service did not say who you are (no username). "
             f"Ask {access.whom_to_ask()} to check the single sign-on setup.",
         )
-    try:
-        user = seats.find_person(session, username)
-    except seats.PersonError:
-        user = None
+    user = _existing(session, username)
     if user is not None:
-        refusal = access.login_refusal(user)
-        if refusal is not None:
-            raise SignInRefused(refusal.kind, refusal.message)
         return user
 
     first_name = _claim(claims, FIRST_NAME_CLAIMS)
@@ -100,9 +98,32 @@ def sign_in(
             f"Ask {access.whom_to_ask()} to free a license or to request more, "
             "then sign in again.",
         ) from None
+    except IntegrityError:
+        # The same person's other sign-in created the profile a moment ago (two tabs, a
+        # retried callback). Start over on a clean transaction and use that profile.
+        session.rollback()
+        user = _existing(session, username)
+        if user is None:
+            raise
+        return user
     except seats.PersonError as exc:
+        user = _existing(session, username)  # created by a parallel sign-in since the lookup
+        if user is not None:
+            return user
         raise SignInRefused(
             "invalid",
             f"Your intranet account cannot be created: {exc} "
             f"Ask {access.whom_to_ask()} to check the single sign-on setup.",
         ) from None
+
+
+def _existing(session, username: str):
+    """The profile with this username (any letter case), or None; refused if not usable."""
+    try:
+        user = seats.find_person(session, username)
+    except seats.PersonError:
+        return None
+    refusal = access.login_refusal(user)
+    if refusal is not None:
+        raise SignInRefused(refusal.kind, refusal.message)
+    return user

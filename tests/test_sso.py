@@ -165,3 +165,64 @@ def test_the_login_page_labels_the_simulation(client):
     text = page_text(client.get("/login"))
     assert "Sign in with Example SSO" in text
     assert "Simulation:" in text and "no real identity provider" in text
+
+
+def test_an_email_without_a_username_claim_is_the_whole_username(app, install_license):
+    install_license(intranet=5)
+    with app.app_context():
+        session = wsgi.db.session
+        one = sign_in(
+            session,
+            {"email": "alice@a.example.com", "given_name": "Alice", "family_name": "A"},
+            now=utcnow(),
+        )
+        two = sign_in(
+            session,
+            {"email": "alice@b.example.com", "given_name": "Alice", "family_name": "B"},
+            now=utcnow(),
+        )
+        session.commit()
+        assert one.id != two.id
+        assert (one.username, two.username) == ("alice@a.example.com", "alice@b.example.com")
+
+
+def test_two_sign_ins_of_one_new_person_at_once_give_one_profile(
+    app, install_license, monkeypatch
+):
+    """Both requests pass the "is the username free?" check before either writes."""
+    import threading
+
+    install_license(intranet=5)
+    barrier = threading.Barrier(2, timeout=10)
+    checked = seats.username_taken
+
+    def username_taken_in_step(session, username):
+        found = checked(session, username)
+        barrier.wait()
+        return found
+
+    monkeypatch.setattr(seats, "username_taken", username_taken_in_step)
+    results, errors = [], []
+
+    def one_sign_in(letters):
+        try:
+            with app.app_context():
+                session = wsgi.db.session
+                user = sign_in(
+                    session,
+                    {"preferred_username": letters, "given_name": "Twin", "family_name": "Tab"},
+                    now=utcnow(),
+                )
+                session.commit()
+                results.append(user.id)
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one_sign_in, args=(n,)) for n in ("twin", "TWIN")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert errors == []
+    assert len(results) == 2 and results[0] == results[1]
+    assert usage(app)["intranet"] == 1
