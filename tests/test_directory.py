@@ -118,6 +118,29 @@ def test_ten_free_seats_and_twenty_five_new_people(app, install_license, tree):
     assert again.counts()["unchanged"] == 25
     assert again.created_active == again.created_waiting == again.activated == 0
 
+    # Block 5 active people: the next sync activates the 5 who have waited longest.
+    queue = waiting_queue(app)
+    for name in sorted(active_names(app))[:5]:
+        admin_block(app, name)
+    report = sync(app)
+    assert report.activated == 5
+    assert {name for name in queue[:5]} <= active_names(app)
+    assert waiting_names(app) == set(queue[5:])
+    assert usage(app)["intranet"] == 10
+
+
+def waiting_queue(app) -> list[str]:
+    """Usernames awaiting a license, longest waiting first (ties: first created first)."""
+    with app.app_context():
+        return list(
+            wsgi.db.session.scalars(
+                sa.select(wsgi.User.username)
+                .join(Profile, Profile.user_id == wsgi.User.id)
+                .where(Profile.block_reason == AWAITING_LICENSE)
+                .order_by(Profile.waiting_since, Profile.user_id)
+            )
+        )
+
 
 def test_freed_seats_go_to_the_oldest_waiting_people_still_listed(app, install_license, tree):
     install_license(intranet=10)
