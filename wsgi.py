@@ -22,7 +22,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 from wtforms import PasswordField, StringField
 from wtforms.validators import DataRequired
 
-from intranet_licenses import Licenses, UserAdapter, login_refusal, seats
+from intranet_licenses import Licenses, UserAdapter, login_refusal, seats, sso
 from intranet_licenses.cli import cli_actor
 from intranet_licenses.license_file import generate_key_pair, load_private_key, sign_text
 from intranet_licenses.licensing import install
@@ -107,6 +107,15 @@ class LoginForm(FlaskForm):
     password = PasswordField("Password", validators=[DataRequired()])
 
 
+class SimulatedSSOForm(FlaskForm):
+    """The claims a (simulated) identity provider would vouch for."""
+
+    sso_username = StringField("SSO username", validators=[DataRequired()])
+    sso_first_name = StringField("SSO first name")
+    sso_surname = StringField("SSO surname")
+    sso_email = StringField("SSO email")
+
+
 def create_app(test_config: dict | None = None, instance_path: str | None = None) -> Flask:
     app = Flask(__name__, instance_relative_config=True, instance_path=instance_path)
     instance = Path(app.instance_path)
@@ -136,12 +145,13 @@ def create_app(test_config: dict | None = None, instance_path: str | None = None
 
     db.init_app(app)
     mail.init_app(app)
+    # Load the user first: the extension's per-request check (registered by init_app) reads it.
+    app.before_request(_load_user)
     licenses.init_app(app, DemoUsers(db))
     with app.app_context():
         if db.engine.dialect.name == "sqlite":
             event.listen(db.engine, "connect", _sqlite_pragmas)
 
-    app.before_request(_load_user)
     _routes(app)
     app.cli.add_command(init_db_command)
     app.cli.add_command(seed_demo_command)
@@ -186,14 +196,47 @@ def _routes(app: Flask) -> None:
             else:
                 refusal = login_refusal(user)
                 if refusal is not None:
-                    return render_template("login.html", form=form, refusal=refusal), 403
+                    return _login_page(form, refusal=refusal), 403
                 session.clear()
                 session["user_id"] = user.id
                 user.last_login_at = utcnow()
                 db.session.commit()
                 target = request.args.get("next", "")
                 return redirect(target if target.startswith("/") else url_for("index"))
-        return render_template("login.html", form=form, refusal=None)
+        return _login_page(form)
+
+    def _login_page(form, sso_form=None, refusal=None):
+        return render_template(
+            "login.html",
+            form=form,
+            sso_form=sso_form or SimulatedSSOForm(formdata=None),
+            refusal=refusal,
+        )
+
+    @app.post("/login/sso")
+    def login_sso():
+        """A simulated single sign-on: the form stands in for an identity provider's claims."""
+        sso_form = SimulatedSSOForm()
+        form = LoginForm(formdata=None)
+        if not sso_form.validate_on_submit():
+            flash("Simulated SSO: enter at least a username.", "error")
+            return _login_page(form, sso_form), 400
+        claims = {
+            "preferred_username": sso_form.sso_username.data,
+            "given_name": sso_form.sso_first_name.data,
+            "family_name": sso_form.sso_surname.data,
+            "email": sso_form.sso_email.data,
+        }
+        try:
+            user = sso.sign_in(db.session, claims, now=utcnow())
+        except sso.SignInRefused as refusal:
+            db.session.commit()  # only the audit record of the refusal; no profile is left
+            return _login_page(form, sso_form, refusal=refusal), 403
+        session.clear()
+        session["user_id"] = user.id
+        user.last_login_at = utcnow()
+        db.session.commit()
+        return redirect(url_for("index"))
 
     @app.post("/logout")
     def logout():

@@ -3,6 +3,7 @@
 from .access import LoginRefusal, login_refusal
 from .extension import DEFAULTS, Licenses, UserAdapter
 from .seats import PersonError, SeatError, SeatLimitExceeded
+from .sso import SignInRefused, sign_in
 
 __all__ = [
     "DEFAULTS",
@@ -11,6 +12,8 @@ __all__ = [
     "PersonError",
     "SeatError",
     "SeatLimitExceeded",
+    "SignInRefused",
     "UserAdapter",
     "login_refusal",
+    "sign_in",
 ]

@@ -6,9 +6,10 @@ import functools
 from dataclasses import dataclass
 
 from flask import abort, redirect, render_template, request
+from sqlalchemy import select
 
 from .extension import adapter, config
-from .models import AWAITING_LICENSE, Profile
+from .models import AWAITING_LICENSE, BLOCKED_BY_DIRECTORY, Profile
 
 SYSADMIN = "sysadmin"
 PEOPLE_ADMIN = "people_admin"
@@ -64,23 +65,58 @@ def login_refusal(user) -> LoginRefusal | None:
     if ad.get(user, "active"):
         return None
     profile = ad.session.get(Profile, ad.get(user, "id"))
+    who = whom_to_ask()
     if profile is not None and profile.block_reason == AWAITING_LICENSE:
         return LoginRefusal(
             "waiting",
             "Your account is waiting for a free license. It will be activated as soon as "
-            "a seat is free; nothing needs to be done on your side.",
+            f"a seat is free; nothing needs to be done on your side. If it is urgent, ask {who}.",
         )
-    return LoginRefusal(
-        "blocked", "Your account is blocked. Ask your intranet administrator if this is wrong."
-    )
+    if profile is not None and profile.block_reason == BLOCKED_BY_DIRECTORY:
+        return LoginRefusal(
+            "blocked",
+            "Your account is blocked because the company directory disabled it or no longer "
+            f"lists it. Ask {who} if this is wrong.",
+        )
+    return LoginRefusal("blocked", f"Your account is blocked. Ask {who} if this is wrong.")
+
+
+@dataclass(frozen=True)
+class Contact:
+    """Whom a blocked or waiting person should ask about licenses."""
+
+    label: str
+    email: str | None
+
+    def __str__(self) -> str:
+        return f"{self.label} ({self.email})" if self.email else self.label
+
+
+def license_contact(session=None) -> Contact:
+    """The Responsible person when one is set, else the built-in administrator account."""
+    from . import notifications
+
+    ad = adapter()
+    session = session if session is not None else ad.session
+    responsible = notifications.responsible_person(session)
+    if responsible:
+        return Contact("the person responsible for licenses", responsible)
+    admin_id = session.execute(select(Profile.user_id).where(Profile.exempt)).scalar()
+    admin = session.get(ad.model, admin_id) if admin_id is not None else None
+    email = (ad.get(admin, "email") or None) if admin is not None else None
+    return Contact("your intranet administrator", email)
+
+
+def whom_to_ask(session=None) -> str:
+    """'the person responsible for licenses (it@example.com)' or the administrator."""
+    return str(license_contact(session))
 
 
 def render_refusal(refusal: LoginRefusal):
     """The page a blocked or waiting person sees (status 403)."""
-    from . import notifications
-
-    contact = notifications.responsible_person(adapter().session)
-    return render_template("licenses/blocked.html", refusal=refusal, contact=contact), 403
+    return render_template(
+        "licenses/blocked.html", refusal=refusal, contact=license_contact(adapter().session)
+    ), 403
 
 
 def check_request():

@@ -240,3 +240,41 @@ def people_activate_waiting_command():
     click.echo(
         f"Activated {len(result.activated)}; {result.still_waiting} still waiting for a license."
     )
+
+
+# Directory sync (issue 6) ---------------------------------------------------------------
+
+
+@licenses_cli.command("sync-directory")
+@click.option("--url", help="ldap:// or ldaps:// URL (default LICENSES_LDAP_URL).")
+@click.option("--bind-dn", help="DN to sign in as (default LICENSES_LDAP_BIND_DN).")
+@click.option(
+    "--password-file",
+    type=click.File("r"),
+    help="File holding the bind password (default LICENSES_LDAP_PASSWORD).",
+)
+@click.option("--base-dn", help="Where people are read from (default LICENSES_LDAP_BASE_DN).")
+@click.option("--filter", "search_filter", help="LDAP filter (default LICENSES_LDAP_FILTER).")
+def sync_directory_command(url, bind_dn, password_file, base_dn, search_filter):
+    """Read people from LDAP / Active Directory and apply them (rule 3 at the limit)."""
+    from . import directory
+
+    password = password_file.read().rstrip("\r\n") if password_file else None
+    session = _session()
+    try:
+        settings = directory.settings_from_config(
+            url=url,
+            bind_dn=bind_dn,
+            password=password,
+            base_dn=base_dn,
+            search_filter=search_filter,
+        )
+        report = directory.sync(
+            session, settings, actor=cli_actor(), now=utcnow(), path="directory"
+        )
+    except directory.DirectoryError as exc:
+        session.commit()  # only the audit record of the failed attempt; nothing else changed
+        raise click.ClickException(str(exc)) from None
+    session.commit()
+    for line in report.lines():
+        click.echo(line)

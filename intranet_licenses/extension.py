@@ -50,6 +50,10 @@ DEFAULTS: dict[str, Any] = {
     "LICENSES_LDAP_FILTER": "(objectClass=person)",
     # {area name: group DN or OU DN}; people in none of them go to the Primary Area.
     "LICENSES_LDAP_AREAS": {},
+    # Seconds to wait for the directory server to connect or answer.
+    "LICENSES_LDAP_TIMEOUT": 10,
+    # CA certificates (a PEM file) that ldaps:// servers are verified against; None: the system's.
+    "LICENSES_LDAP_CA_FILE": None,
     # Seconds to wait for the SMTP server before leaving a message in the outbox.
     "LICENSES_MAIL_TIMEOUT": 10,
 }

@@ -329,3 +329,32 @@ def activate_waiting():
     else:
         flash("Nobody is waiting for a license.", "success")
     return _back_to_people()
+
+
+# Directory sync (issue 6) ---------------------------------------------------------------
+
+
+@bp.post("/people/sync-directory")
+@role_required(PEOPLE_ADMIN)
+def sync_directory():
+    """ "Sync now": read the directory with the LICENSES_LDAP_* settings and show the report."""
+    from . import directory
+
+    if not ConfirmForm().validate_on_submit():
+        flash("The form expired; please try again.", "error")
+        return redirect(url_for(".people_page"))
+    session = _session()
+    now = utcnow()
+    try:
+        settings = directory.settings_from_config()
+        report = directory.sync(session, settings, actor=access.actor(), now=now, path="directory")
+    except directory.DirectoryError as exc:
+        session.commit()  # only the audit record of the failed attempt
+        return render_template("licenses/sync_report.html", report=None, error=str(exc))
+    session.commit()
+    return render_template(
+        "licenses/sync_report.html",
+        report=report,
+        error=None,
+        figures=seats.figures(session, now),
+    )

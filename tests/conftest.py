@@ -278,3 +278,41 @@ def postgres_url(postgres_server):
     yield postgres_server.url.set(database=name).render_as_string(hide_password=False)
     with postgres_server.connect() as conn:
         conn.execute(sa.text(f'drop database if exists "{name}" with (force)'))
+
+
+# OpenLDAP slapd (directory sync, issue 6) -----------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def slapd_server(tmp_path_factory):
+    """One slapd on loopback for the session (Debian's slapd); tests use subtrees of it.
+
+    Under CI (CI=true) a missing slapd fails the test instead of skipping.
+    """
+    from slapd import Slapd, slapd_binary
+
+    if slapd_binary() is None:
+        problem = "slapd is not installed (apt-get install slapd ldap-utils)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(problem)
+        pytest.skip(problem)
+    server = Slapd(tmp_path_factory.mktemp("slapd")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def tree(app, slapd_server):
+    """A fresh subtree of the session's slapd, set as the app's LICENSES_LDAP_* defaults."""
+    from slapd import ADMIN_DN, ADMIN_PASSWORD, Directory
+
+    tree = Directory(slapd_server)
+    app.config.update(
+        LICENSES_LDAP_URL=slapd_server.url,
+        LICENSES_LDAP_BIND_DN=ADMIN_DN,
+        LICENSES_LDAP_PASSWORD=ADMIN_PASSWORD,
+        LICENSES_LDAP_BASE_DN=tree.base_dn,
+        LICENSES_LDAP_FILTER="(objectClass=person)",
+    )
+    yield tree
+    tree.conn.unbind()

@@ -21,6 +21,7 @@ ROUTES = {
     "licenses.move_person": ("POST", "/admin/licenses/people/{id}/move", PEOPLE),
     "licenses.delete_person": ("GET", "/admin/licenses/people/{id}/delete", PEOPLE),
     "licenses.activate_waiting": ("POST", "/admin/licenses/people/activate-waiting", PEOPLE),
+    "licenses.sync_directory": ("POST", "/admin/licenses/people/sync-directory", PEOPLE),
 }
 
 #: Who has which role among the demo accounts.

@@ -76,8 +76,8 @@ def page(browser):
 
 def log_in(page, live, username):
     page.goto(f"{live.url}/login")
-    page.get_by_label("Username").fill(username)
-    page.get_by_label("Password").fill(DEMO_PASSWORD)
+    page.get_by_label("Username", exact=True).fill(username)
+    page.get_by_label("Password", exact=True).fill(DEMO_PASSWORD)
     page.get_by_role("button", name="Log in").click()
 
 
