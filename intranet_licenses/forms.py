@@ -29,3 +29,12 @@ class AddPersonForm(FlaskForm):
 class MoveForm(FlaskForm):
     area = SelectField("Area")
     readonly = BooleanField("Read-only")
+
+
+# Notifications (issue 8) ------------------------------------------------------------------
+
+
+class ResponsiblePersonForm(FlaskForm):
+    """One address; checked by notifications.check_address, not by a WTForms validator."""
+
+    email = StringField("Email address of the Responsible person", validators=[Length(max=1000)])

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from flask import Blueprint, flash, redirect, render_template, request, url_for
 
-from . import access, licensing, people, seats
+from . import access, licensing, notifications, people, seats
 from .access import PEOPLE_ADMIN, SYSADMIN, role_required
 from .extension import adapter, config
-from .forms import AddPersonForm, ConfirmForm, InstallLicenseForm, MoveForm
+from .forms import (
+    AddPersonForm,
+    ConfirmForm,
+    InstallLicenseForm,
+    MoveForm,
+    ResponsiblePersonForm,
+)
 from .models import BLOCK_REASONS, POOLS, utcnow
 
 bp = Blueprint(
@@ -70,6 +76,8 @@ def license_page():
         sentence=licensing.validity_sentence(current),
         figures=seats.figures(session, now),
         form=InstallLicenseForm(),
+        notify=notifications.page_info(session),
+        responsible_form=ResponsiblePersonForm(),
     )
 
 
@@ -304,3 +312,39 @@ def activate_waiting():
     else:
         flash("Nobody is waiting for a license.", "success")
     return _back_to_people()
+
+
+# Notifications: the Responsible person (issue 8) -------------------------------------------
+
+
+@bp.before_request
+def _notice_license_state():
+    """An extension page reads the license: notice once if it is no longer valid."""
+    if request.endpoint == "licenses.static":
+        return
+    session = _session()
+    if notifications.notice_license_state(session, utcnow()):
+        session.commit()
+
+
+@bp.post("/responsible-person")
+@role_required(SYSADMIN)
+def set_responsible_person():
+    form = ResponsiblePersonForm()
+    if not form.validate_on_submit():
+        flash("The form expired or the address is too long; please try again.", "error")
+        return redirect(url_for(".license_page"))
+    session = _session()
+    try:
+        old, new = notifications.set_responsible_person(
+            session, form.email.data, actor=access.actor(), now=utcnow(), path="page"
+        )
+    except notifications.AddressError as problem:
+        flash(f"The Responsible person was not changed. {problem}", "error")
+        return redirect(url_for(".license_page"))
+    session.commit()
+    if old == new:
+        flash(f"The Responsible person stays {new}.", "success")
+    else:
+        flash(f"The Responsible person is now {new} (was {old or 'nobody'}).", "success")
+    return redirect(url_for(".license_page"))
