@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 from flask.cli import AppGroup
 
-from . import licensing, notifications, outbox, schema, seats
+from . import license_requests, licensing, notifications, outbox, schema, seats
 from .extension import adapter, config
 from .license_file import LicenseFileError, generate_key_pair, load_private_key, sign_text
 from .models import PRIMARY_AREA, utcnow
@@ -300,3 +300,46 @@ def mail_send_pending_command(retry_now):
             f"({report.errors[-1]}). They stay in the outbox and are retried later."
         )
     click.echo(f"Sent {len(report.sent)} message{'' if len(report.sent) == 1 else 's'}.")
+
+
+# License requests (issue 9) ------------------------------------------------------------------
+
+
+@licenses_cli.command("request")
+@click.option("--seats", "seats_text", required=True, help="At least 5, digits only.")
+@click.option("--pool", help="Add seats to this pool: intranet, extranet or readonly.")
+@click.option("--move-from", "move_from", help="Move seats from this pool ...")
+@click.option("--move-to", "move_to", help="... to this pool.")
+@click.option("--note", default="", help="A note for the vendor.")
+@click.option("--requester-email", default="", help="Where the vendor can answer you.")
+def request_command(seats_text, pool, move_from, move_to, note, requester_email):
+    """Send a license request to the vendor (LICENSES_VENDOR_EMAIL)."""
+    if pool and (move_from or move_to):
+        raise click.ClickException("Give --pool to add seats, or --move-from and --move-to.")
+    if not pool and not (move_from and move_to):
+        raise click.ClickException(
+            "Say what to request: --pool POOL, or --move-from POOL --move-to POOL."
+        )
+    session = _session()
+    now = utcnow()
+    try:
+        draft = license_requests.check(
+            session,
+            kind="add" if pool else "move",
+            seats=seats_text,
+            pool=pool,
+            from_pool=move_from,
+            to_pool=move_to,
+            note=note,
+            requester_name=cli_actor(),
+            requester_email=requester_email,
+            now=now,
+        )
+        sent = license_requests.submit(session, draft, actor=cli_actor(), now=now, path="cli")
+    except license_requests.RequestError as problem:
+        _refuse(f"The request was not sent. {problem}")
+    session.commit()
+    click.echo(
+        f"Request #{sent.id} was sent to {config('VENDOR_EMAIL')}: "
+        f"{license_requests.describe(sent)}."
+    )

@@ -89,6 +89,11 @@ def install(session, text: str, *, actor: str, now: datetime, path: str) -> Stat
         raise LicenseRefused(status)
     session.add(InstalledLicense(text=text, installed_at=now, installed_by=actor))
     _notify_install(session, status, now=now, path=path)
+    from . import license_requests
+
+    license_requests.fulfil(
+        session, {pool: status.license.pool_limit(pool) for pool in POOLS}, now=now
+    )
     audit.record(
         session,
         at=now,

@@ -184,3 +184,36 @@ class OutboxMessage(Base):
     claimed_by: Mapped[str | None] = mapped_column(String(128))
 
     __table_args__ = (Index("ix_licenses_outbox_pending", "sent_at", "next_attempt_at"),)
+
+
+#: What a license request can be in: sent to the vendor, acknowledged by them, covered by an
+#: installed license, or withdrawn.
+REQUEST_STATUSES = ("sent", "acknowledged", "fulfilled", "cancelled")
+OPEN_REQUEST_STATUSES = ("sent", "acknowledged")
+
+
+class LicenseRequest(Base):
+    """A request to the vendor for more seats in a pool, or to move seats between pools."""
+
+    __tablename__ = "licenses_request"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: add or move
+    kind: Mapped[str] = mapped_column(String(8))
+    seats: Mapped[int] = mapped_column(Integer)
+    #: The pool to add to (kind add), else NULL.
+    pool: Mapped[str | None] = mapped_column(String(16))
+    from_pool: Mapped[str | None] = mapped_column(String(16))
+    to_pool: Mapped[str | None] = mapped_column(String(16))
+    note: Mapped[str] = mapped_column(Text, default="")
+    requester_name: Mapped[str] = mapped_column(String(255))
+    requester_email: Mapped[str] = mapped_column(String(320), default="")
+    status: Mapped[str] = mapped_column(String(16), default="sent")
+    #: The license's limits when the request was made, "pool=limit" pairs ("" = Unlimited),
+    #: so a later install can tell whether it covers the request.
+    limits_before: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    created_by: Mapped[str] = mapped_column(String(255))
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime)
+    #: One per form shown: a second submission of the same form finds the first request.
+    submission_key: Mapped[str | None] = mapped_column(String(64), unique=True)
