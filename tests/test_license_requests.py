@@ -398,3 +398,15 @@ def test_the_over_limit_email_links_to_the_prefilled_form(req_app, smtp_server, 
         "Request more licenses: https://intranet.example.com/admin/licenses/request?pool=intranet&seats=5"
         in body
     )
+
+
+def test_the_summary_links_to_a_request_for_a_full_pool(
+    req_app, auth, client, accounts, install_license
+):
+    install_license(intranet=3)
+    auth.login("sysadmin")
+    page = page_text(client.get("/admin/licenses/summary"))
+    assert (
+        '<a href="/admin/licenses/request?pool=intranet&amp;seats=5">Request licenses</a>' in page
+    )
+    assert "(intranet has no free seat)" in page
