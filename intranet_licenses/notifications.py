@@ -478,7 +478,7 @@ def notice_license_state(session, now: datetime) -> bool:
     ).scalar()
     if seen == status.state:
         return False
-    if seen is None:
+    if seen is None:  # the migration made the row; it was removed by hand
         won = True
         session.add(Setting(name=LICENSE_STATE, value=status.state))
     else:
@@ -492,7 +492,7 @@ def notice_license_state(session, now: datetime) -> bool:
         )
     if not won or status.valid or status.state == "none":
         return won
-    if seen is not None and seen != "valid":
+    if seen and seen != "valid":
         return won  # it was not valid before either: told already
     installed = session.scalar(select(func.count()).select_from(InstalledLicense))
     if not installed:

@@ -27,6 +27,10 @@ def upgrade():
     op.bulk_insert(
         episodes, [{"pool": p, "open": False} for p in ("intranet", "extranet", "readonly")]
     )
+    # The last license state seen ("" = not seen yet): notice_license_state changes it with a
+    # conditional UPDATE, so the row must exist before two processes race for it.
+    settings = sa.table("licenses_setting", sa.column("name"), sa.column("value"))
+    op.bulk_insert(settings, [{"name": "license_state", "value": ""}])
     op.create_table(
         "licenses_outbox",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -51,6 +55,7 @@ def upgrade():
 
 
 def downgrade():
+    op.execute("DELETE FROM licenses_setting WHERE name = 'license_state'")
     with op.batch_alter_table("licenses_outbox", schema=None) as batch_op:
         batch_op.drop_index("ix_licenses_outbox_pending")
     op.drop_table("licenses_outbox")
