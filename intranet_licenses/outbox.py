@@ -183,7 +183,9 @@ def _mail_state():
     return state
 
 
-def _sender() -> str:
+def _sender():
+    """LICENSES_MAIL_SENDER, MAIL_DEFAULT_SENDER (an address or a (name, address) pair), or
+    intranet-licenses@ the site name."""
     sender = config("MAIL_SENDER") or current_app.config.get("MAIL_DEFAULT_SENDER")
     if sender:
         return sender
@@ -202,7 +204,8 @@ def _deliver(row) -> None:
         sender=sender,
     )
     # The same Message-ID on every attempt, so a copy sent twice can be recognised.
-    domain = sender.rpartition("@")[2].strip(">") or "localhost"
+    address = sender[1] if isinstance(sender, tuple | list) else str(sender)
+    domain = address.rpartition("@")[2].strip("> ") or "localhost"
     message.msgId = f"<licenses-outbox-{row.id}-{row.created_at:%Y%m%d%H%M%S}@{domain}>"
     with _TimedConnection(_mail_state(), float(config("MAIL_TIMEOUT"))) as connection:
         connection.send(message)

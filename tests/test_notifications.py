@@ -138,6 +138,18 @@ def test_external_url_sets_the_links(mail_app, smtp_server, install_license):
     assert "http://intranet.local:8080/admin/licenses/people" in text
 
 
+def test_a_sender_with_a_display_name(mail_app, smtp_server, install_license):
+    mail_app.config["MAIL_DEFAULT_SENDER"] = ("Intranet", "intranet@example.com")
+    set_responsible(mail_app)
+    install_license(intranet=0)
+    assert not add(mail_app, "nobody")
+    sender, _, message = smtp_server.messages[0]
+    assert (
+        sender == "intranet@example.com" and message["From"] == "Intranet <intranet@example.com>"
+    )
+    assert message["Message-ID"].endswith("@example.com>")
+
+
 def test_300_refused_additions_send_one_email_and_a_new_episode_sends_another(
     mail_app, smtp_server, install_license
 ):
