@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 from flask.cli import AppGroup
 
-from . import licensing, schema, seats
+from . import license_requests, licensing, notifications, outbox, schema, seats
 from .extension import adapter, config
 from .license_file import LicenseFileError, generate_key_pair, load_private_key, sign_text
 from .models import PRIMARY_AREA, utcnow
@@ -140,6 +140,8 @@ def status_command():
     """Print the validity sentence and the users line; exit 0 only when valid."""
     session = _session()
     now = utcnow()
+    if notifications.notice_license_state(session, now):
+        session.commit()
     current = licensing.current(session, now.date())
     click.echo(licensing.validity_sentence(current))
     click.echo(seats.summary_sentence(seats.figures(session, now)))
@@ -278,3 +280,104 @@ def sync_directory_command(url, bind_dn, password_file, base_dn, search_filter):
     session.commit()
     for line in report.lines():
         click.echo(line)
+
+
+# Notifications: the Responsible person and the mail outbox (issue 8) ---------------------
+
+mail_cli = AppGroup("mail", help="The outbox of the extension's emails.")
+licenses_cli.add_command(mail_cli)
+
+
+@licenses_cli.command("responsible-person")
+@click.argument("email", required=False)
+@click.option("--clear", is_flag=True, help="Remove the address: nobody will be told.")
+def responsible_person_command(email, clear):
+    """Print the Responsible person, or set it to EMAIL (one address)."""
+    session = _session()
+    if email is None and not clear:
+        current = notifications.responsible_person(session)
+        if current:
+            click.echo(current)
+        else:
+            click.echo(
+                "No Responsible person is set: nobody is told when a license limit is exceeded."
+            )
+        return
+    if email is not None and clear:
+        raise click.ClickException("Give an address or --clear, not both.")
+    try:
+        old, new = notifications.set_responsible_person(
+            session, None if clear else email, actor=cli_actor(), now=utcnow(), path="cli"
+        )
+    except notifications.AddressError as problem:
+        _refuse(f"The Responsible person was not changed. {problem}")
+    session.commit()
+    if old == new:
+        click.echo(f"The Responsible person stays {new or 'unset'}.")
+    elif new is None:
+        click.echo(f"The Responsible person was removed (was {old}); nobody will be told.")
+    else:
+        click.echo(f"The Responsible person is now {new} (was {old or 'nobody'}).")
+
+
+@mail_cli.command("send-pending")
+@click.option(
+    "--retry-now", is_flag=True, help="Ignore the back-off: try every unsent message now."
+)
+def mail_send_pending_command(retry_now):
+    """Send the outbox's due messages (for cron); also notices a newly expired license."""
+    session = _session()
+    now = utcnow()
+    if notifications.notice_license_state(session, now):
+        session.commit()
+    session.close()  # hold no database connection or lock while talking to the mail server
+    report = outbox.send_pending(retry_now=retry_now)
+    if report.failed:
+        raise click.ClickException(
+            f"Sent {len(report.sent)}; {len(report.failed)} could not be sent "
+            f"({report.errors[-1]}). They stay in the outbox and are retried later."
+        )
+    click.echo(f"Sent {len(report.sent)} message{'' if len(report.sent) == 1 else 's'}.")
+
+
+# License requests (issue 9) ------------------------------------------------------------------
+
+
+@licenses_cli.command("request")
+@click.option("--seats", "seats_text", required=True, help="At least 5, digits only.")
+@click.option("--pool", help="Add seats to this pool: intranet, extranet or readonly.")
+@click.option("--move-from", "move_from", help="Move seats from this pool ...")
+@click.option("--move-to", "move_to", help="... to this pool.")
+@click.option("--note", default="", help="A note for the vendor.")
+@click.option("--requester-email", default="", help="Where the vendor can answer you.")
+def request_command(seats_text, pool, move_from, move_to, note, requester_email):
+    """Send a license request to the vendor (LICENSES_VENDOR_EMAIL)."""
+    if pool and (move_from or move_to):
+        raise click.ClickException("Give --pool to add seats, or --move-from and --move-to.")
+    if not pool and not (move_from and move_to):
+        raise click.ClickException(
+            "Say what to request: --pool POOL, or --move-from POOL --move-to POOL."
+        )
+    session = _session()
+    now = utcnow()
+    try:
+        draft = license_requests.check(
+            session,
+            kind="add" if pool else "move",
+            seats=seats_text,
+            pool=pool,
+            from_pool=move_from,
+            to_pool=move_to,
+            note=note,
+            requester_name=cli_actor(),
+            requester_email=requester_email,
+            now=now,
+        )
+        sent = license_requests.submit(session, draft, actor=cli_actor(), now=now, path="cli")
+    except license_requests.RequestError as problem:
+        _refuse(f"The request was not sent. {problem}")
+    session.commit()
+    click.echo(
+        f"Request #{sent.id} was sent to {config('VENDOR_EMAIL')}: "
+        f"{license_requests.describe(sent)}."
+    )

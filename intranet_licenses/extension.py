@@ -56,6 +56,11 @@ DEFAULTS: dict[str, Any] = {
     "LICENSES_LDAP_CA_FILE": None,
     # Seconds to wait for the SMTP server before leaving a message in the outbox.
     "LICENSES_MAIL_TIMEOUT": 10,
+    # The intranet's root URL as people reach it (https://intranet.example.com), for links
+    # in emails; None means https://LICENSES_SITE_NAME. Never taken from a Host header.
+    "LICENSES_EXTERNAL_URL": None,
+    # The From address of the extension's emails; None means MAIL_DEFAULT_SENDER.
+    "LICENSES_MAIL_SENDER": None,
 }
 
 
@@ -171,9 +176,10 @@ class Licenses:
             app.config.setdefault(key, value)
         app.extensions["licenses"] = _State(adapter=adapter)
 
-        from . import cli, seats, views
+        from . import cli, notifications, seats, views
 
         seats.install_safety_net()
+        notifications.init_app(app)
         app.register_blueprint(views.bp, url_prefix=app.config["LICENSES_URL_PREFIX"])
         app.cli.add_command(cli.licenses_cli)
 

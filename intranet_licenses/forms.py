@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from flask_wtf import FlaskForm
 from flask_wtf.file import FileField
-from wtforms import BooleanField, SelectField, StringField, TextAreaField
+from wtforms import (
+    BooleanField,
+    HiddenField,
+    RadioField,
+    SelectChoice,
+    SelectField,
+    StringField,
+    TextAreaField,
+)
 from wtforms.validators import DataRequired, Length, Optional
 
 
@@ -29,3 +37,45 @@ class AddPersonForm(FlaskForm):
 class MoveForm(FlaskForm):
     area = SelectField("Area")
     readonly = BooleanField("Read-only")
+
+
+# Notifications (issue 8) ------------------------------------------------------------------
+
+
+class ResponsiblePersonForm(FlaskForm):
+    """One address; checked by notifications.check_address, not by a WTForms validator."""
+
+    email = StringField("Email address of the Responsible person", validators=[Length(max=1000)])
+
+
+# License requests (issue 9) ----------------------------------------------------------------
+
+_POOL_CHOICES = [
+    SelectChoice("intranet", "Intranet"),
+    SelectChoice("extranet", "Extranet"),
+    SelectChoice("readonly", "Read-only"),
+]
+
+
+class LicenseRequestForm(FlaskForm):
+    """Checked by license_requests.check (one check for the form and the CLI)."""
+
+    kind = RadioField(
+        "What do you need?",
+        choices=[
+            SelectChoice("add", "More seats in a pool"),
+            SelectChoice("move", "Move seats from one pool to another"),
+        ],
+        default="add",
+        validate_choice=False,
+    )
+    # Text, not IntegerField: IntegerField takes "+5", "1_000" and other scripts' digits.
+    seats = StringField("Number of seats (at least 5)", validators=[Length(max=50)])
+    pool = SelectField("Pool", choices=_POOL_CHOICES, validate_choice=False)
+    from_pool = SelectField("From pool", choices=_POOL_CHOICES, validate_choice=False)
+    to_pool = SelectField("To pool", choices=_POOL_CHOICES, validate_choice=False)
+    note = TextAreaField("Note for the vendor (optional)", validators=[Length(max=2000)])
+    requester_name = StringField("Your name", validators=[Length(max=255)])
+    requester_email = StringField("Your email", validators=[Length(max=1000)])
+    #: One per form shown, so that a double click or a resubmitted page records one request.
+    submission_key = HiddenField()

@@ -97,6 +97,12 @@ def install(session, text: str, *, actor: str, now: datetime, path: str) -> Stat
         )
         raise LicenseRefused(status)
     session.add(InstalledLicense(text=text, installed_at=now, installed_by=actor))
+    _notify_install(session, status, now=now, path=path)
+    from . import license_requests
+
+    license_requests.fulfil(
+        session, {pool: status.license.pool_limit(pool) for pool in POOLS}, now=now
+    )
     audit.record(
         session,
         at=now,
@@ -107,6 +113,27 @@ def install(session, text: str, *, actor: str, now: datetime, path: str) -> Stat
     )
     session.flush()
     return status
+
+
+def _notify_install(session, status: Status, *, now: datetime, path: str) -> None:
+    """Tell the notifications a license came in: limits changed, maybe below usage."""
+    from . import notifications
+    from .models import SeatCounter
+
+    notifications.remember_license_state(session, status.state)
+    notifications.seats_freed(session, POOLS, now)
+    used = dict(session.execute(select(SeatCounter.pool, SeatCounter.used)).all())
+    for pool in POOLS:
+        limit = status.license.pool_limit(pool)
+        if limit is not None and used.get(pool, 0) > limit:
+            notifications.exceeded(
+                session,
+                pool=pool,
+                trigger="install",
+                path=path,
+                count=used[pool] - limit,
+                now=now,
+            )
 
 
 def validity_sentence(current: Current) -> str:

@@ -140,3 +140,80 @@ class Setting(Base):
 def utcnow() -> datetime:
     """Now in UTC, naive, as every ``*_at`` column stores it."""
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Episode(Base):
+    """One row per pool: is the pool in an "exceeded" episode now (rule 6)?
+
+    An episode is opened by a conditional UPDATE (``... WHERE open = false``) in the
+    transaction of the event that exceeded the pool, so of several processes only one opens
+    it and only that one writes the email; it is closed when the pool has a free seat again.
+    """
+
+    __tablename__ = "licenses_episode"
+
+    pool: Mapped[str] = mapped_column(String(16), primary_key=True)
+    open: Mapped[bool] = mapped_column(Boolean, default=False)
+    opened_at: Mapped[datetime | None] = mapped_column(DateTime)
+    closed_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class OutboxMessage(Base):
+    """An email written in the transaction of its event and sent after the commit.
+
+    ``sent_at`` is NULL until the mail server accepted it. A sender claims a row by setting
+    ``claimed_by``/``claimed_until`` with a conditional UPDATE; a failed attempt leaves
+    ``last_error`` and a later ``next_attempt_at`` (back-off).
+    """
+
+    __tablename__ = "licenses_outbox"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: exceeded, request, ...
+    kind: Mapped[str] = mapped_column(String(32))
+    recipient: Mapped[str] = mapped_column(String(320))
+    subject: Mapped[str] = mapped_column(String(255))
+    text: Mapped[str] = mapped_column(Text)
+    html: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime)
+    claimed_until: Mapped[datetime | None] = mapped_column(DateTime)
+    claimed_by: Mapped[str | None] = mapped_column(String(128))
+
+    __table_args__ = (Index("ix_licenses_outbox_pending", "sent_at", "next_attempt_at"),)
+
+
+#: What a license request can be in: sent to the vendor, acknowledged by them, covered by an
+#: installed license, or withdrawn.
+REQUEST_STATUSES = ("sent", "acknowledged", "fulfilled", "cancelled")
+OPEN_REQUEST_STATUSES = ("sent", "acknowledged")
+
+
+class LicenseRequest(Base):
+    """A request to the vendor for more seats in a pool, or to move seats between pools."""
+
+    __tablename__ = "licenses_request"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: add or move
+    kind: Mapped[str] = mapped_column(String(8))
+    seats: Mapped[int] = mapped_column(Integer)
+    #: The pool to add to (kind add), else NULL.
+    pool: Mapped[str | None] = mapped_column(String(16))
+    from_pool: Mapped[str | None] = mapped_column(String(16))
+    to_pool: Mapped[str | None] = mapped_column(String(16))
+    note: Mapped[str] = mapped_column(Text, default="")
+    requester_name: Mapped[str] = mapped_column(String(255))
+    requester_email: Mapped[str] = mapped_column(String(320), default="")
+    status: Mapped[str] = mapped_column(String(16), default="sent")
+    #: The license's limits when the request was made, "pool=limit" pairs ("" = Unlimited),
+    #: so a later install can tell whether it covers the request.
+    limits_before: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    created_by: Mapped[str] = mapped_column(String(255))
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime)
+    #: One per form shown: a second submission of the same form finds the first request.
+    submission_key: Mapped[str | None] = mapped_column(String(64), unique=True)

@@ -38,7 +38,7 @@ from sqlalchemy import event, func, insert, inspect, select, update
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import Session
 
-from . import audit, licensing
+from . import audit, licensing, notifications
 from .extension import adapter, config, logger
 from .models import (
     AWAITING_LICENSE,
@@ -382,6 +382,7 @@ def _move_counters(session, changes: list[_Change], now: datetime) -> None:
             raise refuse(pool, _used(conn, pool))
         if delta < 0:
             _adjust(conn, pool, delta)
+            notifications.seats_freed(session, [pool], now)
         if delta:
             applied.append((pool, delta))
 
@@ -496,6 +497,10 @@ def check_person_fields(username: str, first_name: str, surname: str, email: str
 
 def _refused(session, refusal: SeatError, *, actor, action, path, subject, now) -> None:
     pool = getattr(refusal, "pool", None)
+    if isinstance(refusal, SeatLimitExceeded):
+        notifications.exceeded(
+            session, pool=pool, trigger="refused", path=path, usernames=[subject], now=now
+        )
     audit.record(
         session,
         at=now,
@@ -571,6 +576,14 @@ def add_person(
         ad.set(user, "active", False)
         info["licenses_profile"].update(block_reason=AWAITING_LICENSE, waiting_since=now)
         _flush(session, now)
+        notifications.exceeded(
+            session,
+            pool=pool,
+            trigger="waiting",
+            path=path,
+            usernames=[fields["username"]],
+            now=now,
+        )
         audit.record(
             session,
             at=now,
@@ -804,6 +817,7 @@ def recount(session, *, actor: str, now: datetime) -> list[str]:
             conn.execute(insert(_counters).values(pool=pool, used=real))
         else:
             conn.execute(update(_counters).where(_counters.c.pool == pool).values(used=real))
+    notifications.seats_freed(session, POOLS, now)
     audit.record(
         session,
         at=now,

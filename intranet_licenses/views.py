@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, flash, redirect, render_template, request, url_for
+import uuid
 
-from . import access, licensing, people, seats
+from flask import Blueprint, flash, redirect, render_template, request, url_for
+from markupsafe import Markup
+
+from . import access, license_requests, licensing, notifications, people, seats
 from .access import PEOPLE_ADMIN, SYSADMIN, role_required
 from .extension import adapter, config
-from .forms import AddPersonForm, ConfirmForm, InstallLicenseForm, MoveForm
+from .forms import (
+    AddPersonForm,
+    ConfirmForm,
+    InstallLicenseForm,
+    LicenseRequestForm,
+    MoveForm,
+    ResponsiblePersonForm,
+)
 from .models import BLOCK_REASONS, POOLS, utcnow
 
 bp = Blueprint(
@@ -72,6 +82,10 @@ def license_page():
         form=InstallLicenseForm(),
         fetch_url=config("FETCH_URL"),
         fetch_form=ConfirmForm(),
+        notify=notifications.page_info(session),
+        responsible_form=ResponsiblePersonForm(),
+        license_requests=license_requests.history(session),
+        request_action_form=ConfirmForm(),
     )
 
 
@@ -198,7 +212,7 @@ def _run(action, success: str):
         action(session)
     except seats.SeatError as refusal:
         session.commit()  # keeps the audit record of the refusal, nothing else changed
-        flash(str(refusal), "error")
+        flash(_refusal_message(refusal), "error")
         return False
     session.commit()
     flash(success, "success")
@@ -357,4 +371,186 @@ def sync_directory():
         report=report,
         error=None,
         figures=seats.figures(session, now),
+    )
+
+
+# Notifications: the Responsible person (issue 8) -------------------------------------------
+
+
+@bp.before_request
+def _notice_license_state():
+    """An extension page reads the license: notice once if it is no longer valid."""
+    if request.endpoint == "licenses.static":
+        return
+    session = _session()
+    if notifications.notice_license_state(session, utcnow()):
+        session.commit()
+
+
+@bp.post("/responsible-person")
+@role_required(SYSADMIN)
+def set_responsible_person():
+    form = ResponsiblePersonForm()
+    if not form.validate_on_submit():
+        flash("The form expired or the address is too long; please try again.", "error")
+        return redirect(url_for(".license_page"))
+    session = _session()
+    try:
+        old, new = notifications.set_responsible_person(
+            session, form.email.data, actor=access.actor(), now=utcnow(), path="page"
+        )
+    except notifications.AddressError as problem:
+        flash(f"The Responsible person was not changed. {problem}", "error")
+        return redirect(url_for(".license_page"))
+    session.commit()
+    if old == new:
+        flash(f"The Responsible person stays {new}.", "success")
+    else:
+        flash(f"The Responsible person is now {new} (was {old or 'nobody'}).", "success")
+    return redirect(url_for(".license_page"))
+
+
+# License requests (issue 9) ----------------------------------------------------------------
+
+
+def _refusal_message(refusal):
+    """The refusal in words; for a sysadmin, with a link to a pre-filled license request."""
+    if not isinstance(refusal, seats.SeatLimitExceeded) or not access.has_role(
+        adapter().current_user(), SYSADMIN
+    ):
+        return str(refusal)
+    needed = max(refusal.shortfall, license_requests.MIN_SEATS)
+    link = url_for(".request_page", pool=refusal.pool, seats=needed)
+    return Markup('{} <a href="{}">Request {} more {} seats</a>.').format(
+        str(refusal), link, needed, refusal.pool
+    )
+
+
+def _request_form_defaults(form: LicenseRequestForm) -> None:
+    """Pre-fill a new form: from a refusal or the email (?pool=&seats=), and the requester."""
+    args = request.args
+    if args.get("kind") in ("add", "move"):
+        form.kind.data = args["kind"]
+    for name, arg in (("pool", "pool"), ("from_pool", "from"), ("to_pool", "to")):
+        if args.get(arg) in POOLS:
+            getattr(form, name).data = args[arg]
+    if args.get("seats", "").isascii() and args.get("seats", "").isdigit():
+        form.seats.data = args["seats"]
+    user = adapter().current_user()
+    ad = adapter()
+    name = " ".join(part for part in (ad.get(user, "first_name"), ad.get(user, "surname")) if part)
+    form.requester_name.data = name or str(ad.get(user, "username"))
+    form.requester_email.data = ad.get(user, "email") or ""
+    form.submission_key.data = uuid.uuid4().hex
+
+
+def _render_request_form(form, status: int = 200):
+    session = _session()
+    return render_template(
+        "licenses/request.html",
+        form=form,
+        figures=seats.figures(session, utcnow()),
+        min_seats=license_requests.MIN_SEATS,
+        max_seats=config("MAX_REQUEST_SEATS"),
+    ), status
+
+
+@bp.route("/request", methods=["GET", "POST"])
+@role_required(SYSADMIN)
+def request_page():
+    form = LicenseRequestForm()
+    if request.method == "GET":
+        _request_form_defaults(form)
+        return _render_request_form(form)
+    if not form.validate_on_submit():
+        if "csrf_token" in form.errors:
+            flash(
+                "The form expired while it was open, so nothing was sent. Your entries are "
+                "kept: check them and send the request again.",
+                "error",
+            )
+        else:
+            flash(
+                "The request was not sent: "
+                + "; ".join(
+                    f"{getattr(form, name).label.text}: {' '.join(errors)}"
+                    for name, errors in form.errors.items()
+                ),
+                "error",
+            )
+        return _render_request_form(form, 400)
+    session = _session()
+    now = utcnow()
+    try:
+        draft = license_requests.check(
+            session,
+            kind=form.kind.data,
+            seats=form.seats.data,
+            pool=form.pool.data,
+            from_pool=form.from_pool.data,
+            to_pool=form.to_pool.data,
+            note=form.note.data,
+            requester_name=(form.requester_name.data or "").strip() or access.actor(),
+            requester_email=form.requester_email.data,
+            now=now,
+        )
+        sent = license_requests.submit(
+            session,
+            draft,
+            actor=access.actor(),
+            now=now,
+            path="page",
+            key=(form.submission_key.data or "").strip()[:64] or None,
+        )
+    except license_requests.RequestError as problem:
+        session.rollback()
+        flash(f"The request was not sent. {problem}", "error")
+        return _render_request_form(form, 400)
+    except license_requests.AlreadySent as already:
+        session.rollback()
+        flash(
+            f"{already} Nothing was sent twice; its status is {already.request.status}.",
+            "success",
+        )
+        return redirect(url_for(".license_page", _anchor="requests-heading"))
+    session.commit()
+    copy = notifications.responsible_person(session)
+    flash(
+        f"Request #{sent.id} was sent to {config('VENDOR_EMAIL')}: "
+        f"{license_requests.describe(sent)}."
+        + (f" A copy went to the Responsible person ({copy})." if copy else ""),
+        "success",
+    )
+    return redirect(url_for(".license_page", _anchor="requests-heading"))
+
+
+def _request_status(request_id: int, status: str, done: str):
+    if not ConfirmForm().validate_on_submit():
+        flash("The form expired; please try again.", "error")
+        return redirect(url_for(".license_page"))
+    session = _session()
+    try:
+        license_requests.set_status(
+            session, request_id, status, actor=access.actor(), now=utcnow(), path="page"
+        )
+    except license_requests.RequestError as problem:
+        session.rollback()
+        flash(str(problem), "error")
+        return redirect(url_for(".license_page", _anchor="requests-heading"))
+    session.commit()
+    flash(done.format(id=request_id), "success")
+    return redirect(url_for(".license_page", _anchor="requests-heading"))
+
+
+@bp.post("/request/<int:request_id>/cancel")
+@role_required(SYSADMIN)
+def cancel_request(request_id: int):
+    return _request_status(request_id, "cancelled", "Request #{id} is cancelled.")
+
+
+@bp.post("/request/<int:request_id>/acknowledge")
+@role_required(SYSADMIN)
+def acknowledge_request(request_id: int):
+    return _request_status(
+        request_id, "acknowledged", "Request #{id} is marked as acknowledged by the vendor."
     )

@@ -316,3 +316,84 @@ def tree(app, slapd_server):
     )
     yield tree
     tree.conn.unbind()
+
+
+# SMTP: a real mail server on loopback (aiosmtpd) --------------------------------------------
+
+
+class SmtpSink:
+    """aiosmtpd handler that keeps every message it accepts (or refuses with ``refuse``)."""
+
+    def __init__(self):
+        self.messages: list[tuple[str, list[str], object]] = []
+        #: An SMTP reply such as "550 No such user" to refuse every recipient with.
+        self.refuse: str | None = None
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if self.refuse:
+            return self.refuse
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        from email import message_from_bytes, policy
+
+        parsed = message_from_bytes(envelope.content, policy=policy.default)
+        self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), parsed))
+        return "250 Message accepted for delivery"
+
+
+class SmtpServer:
+    """An aiosmtpd server on 127.0.0.1 that tests can stop and start again on the same port."""
+
+    def __init__(self):
+        import socket
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.sink = SmtpSink()
+        self.controller = None
+
+    @property
+    def messages(self):
+        return self.sink.messages
+
+    def start(self):
+        from aiosmtpd.controller import Controller
+
+        if self.controller is None:
+            self.controller = Controller(self.sink, hostname="127.0.0.1", port=self.port)
+            self.controller.start()
+
+    def stop(self):
+        if self.controller is not None:
+            self.controller.stop()
+            self.controller = None
+
+    def config(self) -> dict:
+        """Flask-Mail settings that send to this server even under TESTING."""
+        return {
+            "MAIL_SUPPRESS_SEND": False,
+            "MAIL_SERVER": "127.0.0.1",
+            "MAIL_PORT": self.port,
+            "MAIL_DEFAULT_SENDER": "intranet@example.com",
+            "LICENSES_MAIL_TIMEOUT": 5,
+        }
+
+
+@pytest.fixture
+def smtp_server():
+    """A running SMTP server on loopback collecting messages (``smtp_server.messages``)."""
+    server = SmtpServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def mail_app(app, smtp_server):
+    """The ``app`` fixture, sending its mail to ``smtp_server`` (Flask-Mail re-read)."""
+    app.config.update(smtp_server.config())
+    wsgi.mail.init_app(app)
+    return app
