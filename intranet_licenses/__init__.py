@@ -2,7 +2,7 @@
 
 from .access import LoginRefusal, login_refusal
 from .extension import DEFAULTS, Licenses, UserAdapter
-from .seats import PersonError, SeatError, SeatLimitExceeded
+from .seats import PersonError, SeatError, SeatLimitExceeded, last_refusal
 
 __all__ = [
     "DEFAULTS",
@@ -12,5 +12,6 @@ __all__ = [
     "SeatError",
     "SeatLimitExceeded",
     "UserAdapter",
+    "last_refusal",
     "login_refusal",
 ]

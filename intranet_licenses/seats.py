@@ -256,9 +256,20 @@ def _new_profile_values(ad, user, now: datetime) -> dict:
     }
 
 
+def last_refusal(session) -> SeatLimitExceeded | None:
+    """The refusal that stopped this session's latest flush, or None if it was not refused.
+
+    For host code that catches exceptions itself (Flask-AppBuilder's ``add_user`` logs,
+    rolls back and returns False): afterwards this still says why. A rollback keeps it;
+    the next flush clears it.
+    """
+    return session.info.get("licenses_refusal")
+
+
 def _reconcile(session, flush_context, instances) -> None:
     """before_flush: move the seat counters for every host user whose seat changes."""
     session.info.pop("licenses_new_profiles", None)
+    session.info.pop("licenses_refusal", None)
     if not has_app_context() or "licenses" not in current_app.extensions:
         return
     ad = adapter()
@@ -342,13 +353,15 @@ def _move_counters(session, changes: list[_Change], now: datetime) -> None:
             for done_pool, done in applied:
                 _adjust(conn, done_pool, -done)
             status = licensing.current(session, now.date()).status
-            raise SeatLimitExceeded(
+            refusal = SeatLimitExceeded(
                 pool,
                 limits[pool],
                 _used(conn, pool),
                 needed=delta,
                 why=None if status.valid else status.sentence,
             )
+            session.info["licenses_refusal"] = refusal
+            raise refusal
         if delta < 0:
             _adjust(conn, pool, delta)
         if delta:
@@ -439,6 +452,14 @@ def username_taken(session, username: str) -> str | None:
     return adapter().get(session.get(adapter().model, user_id), "username")
 
 
+def email_taken(session, email: str) -> bool:
+    """True when someone already has this email address (compared without regard to case)."""
+    found = session.execute(
+        select(Profile.user_id).where(Profile.email_key == _key(email)).limit(1)
+    ).scalar()
+    return found is not None
+
+
 def check_person_fields(username: str, first_name: str, surname: str, email: str) -> dict:
     """Clean and check a new person's fields; PersonError says what is wrong."""
     username = (username or "").strip()
@@ -453,6 +474,8 @@ def check_person_fields(username: str, first_name: str, surname: str, email: str
         )
     if not first_name or not surname:
         raise PersonError(f"{username}: a first name and a surname are required.")
+    if not email and has_app_context() and adapter().email_required:
+        raise PersonError(f"{username}: an email address is required.")
     if email:
         try:
             email = validate_email(email, check_deliverability=False).normalized
@@ -508,6 +531,11 @@ def add_person(
         raise PersonError(
             f"A person with the username '{existing}' already exists "
             "(usernames are compared without regard to case)."
+        )
+    if ad.unique_email and fields["email"] and email_taken(session, fields["email"]):
+        raise PersonError(
+            f"{fields['username']}: another person already has the email address "
+            f"{fields['email']}."
         )
     user = ad.new_user(**fields)
     ad.set(user, "active", True)
