@@ -246,3 +246,29 @@ def test_fab_roles_map_to_the_extension_roles(fab_app, fab_client, make_license)
     login(fab_client, "petra")
     assert fab_client.get("/admin/licenses/people").status_code == 200
     assert fab_client.get("/admin/licenses/").status_code == 403
+
+
+def test_people_page_and_fab_user_admin_share_the_seats(fab_app, fab_client, make_license):
+    install(fab_client, make_license(intranet=1))
+    login(fab_client, "admin")
+    form = {"username": "zoe", "first_name": "Zoë", "surname": "Larsen", "area": "primary"}
+    response = fab_client.post(
+        "/admin/licenses/people/add", data={**form, "email": ""}, follow_redirects=True
+    )
+    assert "zoe: an email address is required." in text(response)
+    response = fab_client.post(
+        "/admin/licenses/people/add",
+        data={**form, "email": "zoe@example.com"},
+        follow_redirects=True,
+    )
+    assert "zoe was added and is active." in text(response)
+    zoe = find(fab_app, "zoe")
+    assert (zoe.first_name, zoe.last_name, zoe.active) == ("Zoë", "Larsen", True)
+    with fab_app.app_context():
+        assert add_user("anna") is False
+
+    # Deleting zoe in FAB's user admin frees the seat.
+    assert fab_client.post(f"/users/delete/{zoe.id}").status_code == 302
+    assert find(fab_app, "zoe") is None
+    with fab_app.app_context():
+        assert add_user("anna") is not False
