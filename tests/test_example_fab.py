@@ -272,3 +272,21 @@ def test_people_page_and_fab_user_admin_share_the_seats(fab_app, fab_client, mak
     assert find(fab_app, "zoe") is None
     with fab_app.app_context():
         assert add_user("anna") is not False
+
+
+def test_a_person_blocked_in_fabs_user_admin_is_stopped_on_their_next_request(
+    fab_app, fab_client, make_license
+):
+    install(fab_client, make_license())
+    with fab_app.app_context():
+        assert add_user("samuel", "Sysadmin") is not False
+        sysadmin = current_app.appbuilder.sm.find_role("Sysadmin").id
+    samuel = fab_app.test_client()
+    login(samuel, "samuel")
+    assert samuel.get("/admin/licenses/summary").status_code == 200
+    login(fab_client, "admin")
+    user_id = find(fab_app, "samuel").id
+    fab_client.post(f"/users/edit/{user_id}", data=user_form("samuel", sysadmin, active=False))
+    assert "Number of Users 0 (0 in intranet area)" in status(fab_app)
+    response = samuel.get("/admin/licenses/summary")
+    assert response.status_code == 302 and "/login/" in response.headers["Location"]

@@ -196,3 +196,18 @@ def test_people_page_adds_a_host_user_that_can_be_used_by_flask_security(
         zoe = db.session.scalar(sa.select(User).where(User.username == "zoe"))
         assert (zoe.last_name, zoe.active, len(zoe.fs_uniquifier)) == ("Larsen", True, 32)
         assert fst.datastore.find_user(fs_uniquifier=zoe.fs_uniquifier) is not None
+
+
+def test_a_person_blocked_through_the_host_is_stopped_on_their_next_request(
+    fst_app, fst_client, make_license
+):
+    install(fst_client, make_license())
+    with fst_app.app_context():
+        create_user("samuel", roles=["sysadmin"])
+    login(fst_client, "samuel")
+    assert fst_client.get("/admin/licenses/summary").status_code == 200
+    with fst_app.app_context():
+        fst.datastore.deactivate_user(fst.datastore.find_user(username="samuel"))
+        db.session.commit()
+    response = fst_client.get("/admin/licenses/summary")
+    assert response.status_code == 302 and "/login" in response.headers["Location"]
