@@ -304,3 +304,16 @@ def activate_waiting():
     else:
         flash("Nobody is waiting for a license.", "success")
     return _back_to_people()
+
+
+# Refusals escaping a host's own views ----------------------------------------------------
+
+
+@bp.app_errorhandler(seats.SeatError)
+def seat_refused(error):
+    """A host view whose user write the safety net refused: say why, instead of a 500.
+
+    The host's own handler for ``SeatError`` (registered after ``init_app``) takes over.
+    """
+    adapter().session.rollback()
+    return render_template("licenses/refused.html", message=str(error)), 409

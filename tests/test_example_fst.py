@@ -28,6 +28,7 @@ def fst_app(tmp_path, vendor_key):
             "LICENSES_SITE_NAME": "intranet.example.com",
             # fast hashing for tests; the host itself keeps passlib's default rounds
             "SECURITY_PASSWORD_HASH_PASSLIB_OPTIONS": {"pbkdf2_sha512__rounds": 1000},
+            "SECURITY_EMAIL_VALIDATOR_ARGS": {"check_deliverability": False},  # no DNS here
         },
         instance_path=str(tmp_path / "instance"),
     )
@@ -211,3 +212,29 @@ def test_a_person_blocked_through_the_host_is_stopped_on_their_next_request(
         db.session.commit()
     response = fst_client.get("/admin/licenses/summary")
     assert response.status_code == 302 and "/login" in response.headers["Location"]
+
+
+def test_self_registration_at_a_full_pool_says_why_instead_of_a_500(
+    fst_app, fst_client, make_license
+):
+    install(fst_client, make_license(intranet=1))
+    with fst_app.app_context():
+        create_user("anna")
+    form = {
+        "email": "newcomer@example.com",
+        "username": "newcomer",
+        "password": "Secret-12345!x",
+        "password_confirm": "Secret-12345!x",
+    }
+    response = fst_client.post("/register", data=form)
+    assert response.status_code == 409
+    assert HOST_LAYOUT in response.text
+    assert "No free seat in the intranet pool: 1 of 1 seats are in use" in response.text
+    with fst_app.app_context():
+        assert fst.datastore.find_user(username="newcomer") is None
+        fst.datastore.deactivate_user(fst.datastore.find_user(username="anna"))
+        db.session.commit()
+    response = fst_client.post("/register", data=form)
+    assert response.status_code == 302
+    with fst_app.app_context():
+        assert fst.datastore.find_user(username="newcomer").active is True

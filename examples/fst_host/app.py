@@ -51,6 +51,8 @@ def create_app(test_config: dict | None = None, instance_path: str | None = None
         SECURITY_PASSWORD_HASH="pbkdf2_sha512",
         SECURITY_USERNAME_ENABLE=True,
         SECURITY_TRACKABLE=True,
+        SECURITY_REGISTERABLE=True,  # self-registration at /register
+        SECURITY_SEND_REGISTER_EMAIL=False,  # no mail server in the example
         SQLALCHEMY_DATABASE_URI=f"sqlite:///{instance / 'fst_host.db'}",
         # The extension's pages render inside this host's layout.
         LICENSES_BASE_TEMPLATE="layout.html",

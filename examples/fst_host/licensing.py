@@ -3,11 +3,11 @@
 import uuid
 
 import flask_security
-from flask_security import current_user, logout_user
+from flask_security import current_user, logout_user, user_registered
 
 from intranet_licenses import UserAdapter, login_refusal
 
-from .models import User
+from .models import User, db
 
 SYSADMIN_ROLES = ("admin", "sysadmin")
 PEOPLE_ADMIN_ROLES = ("admin", "people-admin")
@@ -53,3 +53,10 @@ class LoginForm(flask_security.LoginForm):
         if refusal is not None:
             self.ifield.errors[:] = [refusal.message]
         return False
+
+
+@user_registered.connect
+def take_the_seat_in_the_view(sender, user, **extra):
+    """FST commits a registration after the response is made, where a refusal is a 500;
+    flushing here checks the seat inside the view, so the extension's page says why."""
+    db.session.flush()
