@@ -28,7 +28,6 @@ def fst_app(tmp_path, vendor_key):
             "LICENSES_SITE_NAME": "intranet.example.com",
             # fast hashing for tests; the host itself keeps passlib's default rounds
             "SECURITY_PASSWORD_HASH_PASSLIB_OPTIONS": {"pbkdf2_sha512__rounds": 1000},
-            "SECURITY_EMAIL_VALIDATOR_ARGS": {"check_deliverability": False},  # no DNS here
         },
         instance_path=str(tmp_path / "instance"),
     )

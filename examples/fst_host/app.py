@@ -47,12 +47,13 @@ def create_app(test_config: dict | None = None, instance_path: str | None = None
     instance = Path(app.instance_path)
     app.config.from_mapping(
         SECRET_KEY=os.environ.get("SECRET_KEY") or secrets.token_hex(32),
-        SECURITY_PASSWORD_SALT="example-fst-host",
+        SECURITY_PASSWORD_SALT="example-fst-host",  # an example's; set your own secret
         SECURITY_PASSWORD_HASH="pbkdf2_sha512",
         SECURITY_USERNAME_ENABLE=True,
         SECURITY_TRACKABLE=True,
         SECURITY_REGISTERABLE=True,  # self-registration at /register
         SECURITY_SEND_REGISTER_EMAIL=False,  # no mail server in the example
+        SECURITY_EMAIL_VALIDATOR_ARGS={"check_deliverability": False},  # no DNS lookups
         SQLALCHEMY_DATABASE_URI=f"sqlite:///{instance / 'fst_host.db'}",
         # The extension's pages render inside this host's layout.
         LICENSES_BASE_TEMPLATE="layout.html",
