@@ -2,7 +2,7 @@
 
 from .access import LoginRefusal, login_refusal
 from .extension import DEFAULTS, Licenses, UserAdapter
-from .seats import PersonError, SeatError, SeatLimitExceeded
+from .seats import PersonError, SeatError, SeatLimitExceeded, last_refusal
 from .sso import SignInRefused, sign_in
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "SeatLimitExceeded",
     "SignInRefused",
     "UserAdapter",
+    "last_refusal",
     "login_refusal",
     "sign_in",
 ]

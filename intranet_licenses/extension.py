@@ -86,6 +86,10 @@ class UserAdapter:
     last_login_at_attr: str | None = None
     #: The endpoint anonymous users are sent to.
     login_endpoint = "login"
+    #: Set when the host's user table needs an email address (NOT NULL) for every user.
+    email_required = False
+    #: Set when the host's user table allows one user per email address (UNIQUE).
+    unique_email = False
 
     def __init__(self, db):
         #: The host's Flask-SQLAlchemy object (anything with ``.session`` and ``.engine``).
@@ -182,6 +186,22 @@ class Licenses:
         notifications.init_app(app)
         app.register_blueprint(views.bp, url_prefix=app.config["LICENSES_URL_PREFIX"])
         app.cli.add_command(cli.licenses_cli)
+
+    def upgrade(self) -> list[str]:
+        """Create or upgrade the extension's tables, then give every user a profile.
+
+        What ``flask licenses upgrade`` does, for a host's own setup command; run it in an
+        app context, after the host's tables exist and before the host adds users. Commits.
+        Returns sentences saying what the recount found.
+        """
+        from . import schema, seats
+        from .models import utcnow
+
+        ad = adapter()
+        schema.upgrade(ad.db.engine)
+        findings = seats.recount(ad.session, actor="setup", now=utcnow())
+        ad.session.commit()
+        return findings
 
 
 def adapter() -> UserAdapter:

@@ -277,9 +277,20 @@ def _is_active(ad, user) -> bool:
     return bool(value)
 
 
+def last_refusal(session) -> SeatLimitExceeded | None:
+    """The refusal that stopped this session's latest flush, or None if it was not refused.
+
+    For host code that catches exceptions itself (Flask-AppBuilder's ``add_user`` logs,
+    rolls back and returns False): afterwards this still says why. A rollback keeps it;
+    the next flush clears it.
+    """
+    return session.info.get("licenses_refusal")
+
+
 def _reconcile(session, flush_context, instances) -> None:
     """before_flush: move the seat counters for every host user whose seat changes."""
     session.info.pop("licenses_new_profiles", None)
+    session.info.pop("licenses_refusal", None)
     if not has_app_context() or "licenses" not in current_app.extensions:
         return
     if not _schema_ready(session):
@@ -362,7 +373,9 @@ def _move_counters(session, changes: list[_Change], now: datetime) -> None:
     def refuse(pool: str, used: int):
         status = licensing.current(session, now.date()).status
         why = None if status.valid else status.sentence
-        return SeatLimitExceeded(pool, limits[pool], used, needed=deltas[pool], why=why)
+        refusal = SeatLimitExceeded(pool, limits[pool], used, needed=deltas[pool], why=why)
+        session.info["licenses_refusal"] = refusal  # for last_refusal()
+        return refusal
 
     # A pool that is already full by its committed count is refused without taking the
     # counter's lock, so refusals at a full pool do not queue behind admissions. Seats are
@@ -471,6 +484,14 @@ def username_taken(session, username: str) -> str | None:
     return adapter().get(session.get(adapter().model, user_id), "username")
 
 
+def email_taken(session, email: str) -> bool:
+    """True when someone already has this email address (compared without regard to case)."""
+    found = session.execute(
+        select(Profile.user_id).where(Profile.email_key == _key(email)).limit(1)
+    ).scalar()
+    return found is not None
+
+
 def check_person_fields(username: str, first_name: str, surname: str, email: str) -> dict:
     """Clean and check a new person's fields; PersonError says what is wrong."""
     username = (username or "").strip()
@@ -485,6 +506,8 @@ def check_person_fields(username: str, first_name: str, surname: str, email: str
         )
     if not first_name or not surname:
         raise PersonError(f"{username}: a first name and a surname are required.")
+    if not email and has_app_context() and adapter().email_required:
+        raise PersonError(f"{username}: an email address is required.")
     if email:
         try:
             email = validate_email(email, check_deliverability=False).normalized
@@ -544,6 +567,11 @@ def add_person(
         raise PersonError(
             f"A person with the username '{existing}' already exists "
             "(usernames are compared without regard to case)."
+        )
+    if ad.unique_email and fields["email"] and email_taken(session, fields["email"]):
+        raise PersonError(
+            f"{fields['username']}: another person already has the email address "
+            f"{fields['email']}."
         )
     user = ad.new_user(**fields)
     ad.set(user, "active", True)

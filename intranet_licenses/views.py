@@ -554,3 +554,16 @@ def acknowledge_request(request_id: int):
     return _request_status(
         request_id, "acknowledged", "Request #{id} is marked as acknowledged by the vendor."
     )
+
+
+# Refusals escaping a host's own views ----------------------------------------------------
+
+
+@bp.app_errorhandler(seats.SeatError)
+def seat_refused(error):
+    """A host view whose user write the safety net refused: say why, instead of a 500.
+
+    The host's own handler for ``SeatError`` (registered after ``init_app``) takes over.
+    """
+    adapter().session.rollback()
+    return render_template("licenses/refused.html", message=str(error)), 409

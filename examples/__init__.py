@@ -1,0 +1,1 @@
+"""Example hosts that mount intranet-licenses: Flask-Security-Too and Flask-AppBuilder apps."""

@@ -1,0 +1,1 @@
+"""A small Flask-AppBuilder intranet that mounts intranet-licenses (see README.md)."""
