@@ -126,6 +126,7 @@ def create_app(test_config: dict | None = None, instance_path: str | None = None
         LICENSES_EXTRANET_AREAS=["partners", "suppliers"],
         LICENSES_SITE_NAME="intranet.example.com",
         LICENSES_BASE_TEMPLATE="base.html",
+        LICENSES_VENDOR_EMAIL="licenses@vendor.example.com",
         DEMO_PASSWORD_METHOD="scrypt",
         MAIL_DEFAULT_SENDER="intranet@example.com",
     )

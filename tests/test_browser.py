@@ -264,3 +264,46 @@ def test_the_pages_read_at_phone_width(live, browser):
 def test_login_page_is_accessible(live, page):
     page.goto(f"{live.url}/login")
     assert axe_findings(page) == [], json.dumps(axe_findings(page))
+
+
+def test_set_the_responsible_person(live, page):
+    log_in(page, live, "sysadmin")
+    page.goto(f"{live.url}/admin/licenses/")
+    field = page.get_by_label("Email address of the Responsible person")
+    field.fill("Licenses <it@example.com>")
+    page.get_by_role("button", name="Save").click()
+    assert field.evaluate("input => input.validity.valid") is False  # the browser says so
+    # Without the browser's check (novalidate), the server refuses it in words.
+    field.evaluate("input => input.form.noValidate = true")
+    page.get_by_role("button", name="Save").click()
+    assert "The Responsible person was not changed." in flash_text(page)
+    field = page.get_by_label("Email address of the Responsible person")
+    field.fill("it-licenses@example.com")
+    page.get_by_role("button", name="Save").click()
+    assert "The Responsible person is now it-licenses@example.com" in flash_text(page)
+    with live.app.app_context():
+        from intranet_licenses import notifications
+
+        assert notifications.responsible_person(wsgi.db.session) == "it-licenses@example.com"
+    assert axe_findings(page) == []
+
+
+def test_request_licenses_with_a_refused_seat_number_then_a_good_one(live, page):
+    log_in(page, live, "sysadmin")
+    page.goto(f"{live.url}/admin/licenses/request")
+    assert axe_findings(page) == []
+    screenshot(page, "request")
+    seats_field = page.get_by_label("Number of seats (at least 5)")
+    seats_field.fill("+5")
+    page.get_by_role("button", name="Send the request").click()
+    message = flash_text(page)
+    assert "The request was not sent" in message
+    with live.app.app_context():
+        from intranet_licenses.models import LicenseRequest
+
+        assert wsgi.db.session.scalar(wsgi.db.select(wsgi.db.func.count(LicenseRequest.id))) == 0
+    page.get_by_label("Number of seats (at least 5)").fill("25")
+    page.get_by_role("button", name="Send the request").click()
+    assert "25" in flash_text(page)
+    with live.app.app_context():
+        assert wsgi.db.session.scalar(wsgi.db.select(wsgi.db.func.count(LicenseRequest.id))) == 1
