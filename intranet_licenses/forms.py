@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from flask_wtf import FlaskForm
-from flask_wtf.file import FileField
+from flask_wtf.file import FileField, FileRequired
 from wtforms import BooleanField, SelectField, StringField, TextAreaField
 from wtforms.validators import DataRequired, Length, Optional
 
@@ -29,3 +29,9 @@ class AddPersonForm(FlaskForm):
 class MoveForm(FlaskForm):
     area = SelectField("Area")
     readonly = BooleanField("Read-only")
+
+
+class ImportForm(FlaskForm):
+    """CSV upload of people (csv_import.py)."""
+
+    csv_file = FileField("CSV file", validators=[FileRequired("Choose a CSV file to upload.")])
