@@ -274,6 +274,7 @@ class CsvPeople:
     def rows(self) -> Iterator[tuple[int, dict[str, str] | None]]:
         reader = csv.reader(self._lines(), delimiter=self.facts.delimiter, strict=True)
         width = len(self._header)
+        used = [(index, name) for index, name in enumerate(self._header) if name]
         while True:
             start = self.facts.header_line + reader.line_num + 1
             try:
@@ -286,15 +287,18 @@ class CsvPeople:
                     "quotes: a value that contains the separator or a line break must be "
                     'in double quotes, and a quote inside it doubled ("").'
                 ) from None
-            if not any(cell.strip() for cell in cells):
+            if not "".join(cells).strip():
                 continue  # blank line, or a row of empty cells left by a spreadsheet
-            if len(cells) > width and any(cell.strip() for cell in cells[width:]):
+            if len(cells) > width and "".join(cells[width:]).strip():
                 yield start, None
                 continue
             values = {}
-            for name, cell in zip(self._header, cells, strict=False):
-                if name:
-                    values[name] = _FORMULA.sub("", cell.strip(), count=1)
+            for index, name in used:
+                if index < len(cells):
+                    cell = cells[index].strip()
+                    if cell.startswith("'"):
+                        cell = _FORMULA.sub("", cell, count=1)
+                    values[name] = cell
             yield start, values
 
 
@@ -349,6 +353,38 @@ class Tally:
         return needed
 
 
+_SPACE = re.compile(r"\s")
+_SIMPLE_LOCAL = re.compile(
+    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*\Z"
+)
+
+
+class _EmailChecker:
+    """email_validator's verdict, with each domain checked once (it is most of the cost).
+
+    A plain ASCII local part (dot-atom) with a domain that validated before is accepted at
+    once; everything else, and every address with a problem, goes through validate_email
+    itself, so the messages are its own.
+    """
+
+    def __init__(self):
+        self._domains: dict[str, str | None] = {}
+
+    def __call__(self, email: str) -> str:
+        local, _at, domain = email.rpartition("@")
+        if len(email) <= 200 and _SIMPLE_LOCAL.match(local):
+            known = self._domains.get(domain, "")
+            if known == "" and len(self._domains) < 10_000:
+                try:
+                    known = validate_email(f"a@{domain}", check_deliverability=False).domain
+                except EmailNotValidError:
+                    known = None
+                self._domains[domain] = known
+            if known:
+                return f"{local}@{known}"
+        return validate_email(email, check_deliverability=False).normalized
+
+
 def _local_part(address: str) -> str:
     return address.rpartition("@")[0] if "@" in address else address
 
@@ -368,6 +404,7 @@ class _RowChecker:
 
     def __init__(self):
         self._areas: dict[str, str | Exception] = {}
+        self._email = _EmailChecker()
 
     def area(self, value: str) -> str:
         wanted = value.strip() or PRIMARY_AREA
@@ -394,7 +431,7 @@ class _RowChecker:
             email = upn
         if not username:
             problems.append("no username, sign-in name or email address.")
-        elif any(ch.isspace() for ch in username) or len(username) > 255:
+        elif _SPACE.search(username) or len(username) > 255:
             problems.append(
                 f"the username '{username}' is not usable: use up to 255 characters, no spaces."
             )
@@ -412,7 +449,7 @@ class _RowChecker:
             problems.append("a name is longer than 255 characters.")
         if email:
             try:
-                email = validate_email(email, check_deliverability=False).normalized
+                email = self._email(email)
             except EmailNotValidError as exc:
                 problems.append(f"'{email}' is not a valid email address ({exc}).")
         area = PRIMARY_AREA
@@ -553,8 +590,8 @@ class Preview:
             lines.append("The file has a header but no rows of people.")
             return lines
         lines.append(
-            f"{_n(t.rows, 'row')}: {t.valid_rows} can be imported, "
-            f"{t.problem_rows} {'has' if t.problem_rows == 1 else 'have'} problems."
+            f"{_n(t.rows, 'row')}: {t.valid_rows:,} can be imported, "
+            f"{t.problem_rows:,} {'has' if t.problem_rows == 1 else 'have'} problems."
         )
         if t.valid_rows:
             lines.append(f"To create: {create_sentence(t.create)}.")

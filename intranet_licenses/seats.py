@@ -848,22 +848,24 @@ def add_many(
 
     Each flush takes the batch's seats with the same conditional UPDATE as a single add, so
     a pool that fills up meanwhile raises SeatLimitExceeded from the flush. Nothing is
-    committed here: the caller commits once (all or nothing) or rolls back. Flushed objects
-    are expunged after each batch so memory stays flat. ``after_batch(n)`` is called with
-    the number of people flushed so far.
+    committed here: the caller commits once (all or nothing) or rolls back. Memory stays
+    flat: nothing holds on to a flushed batch. ``after_batch(n)`` is called with the number
+    of people flushed so far.
     """
     ad = adapter()
     created: Counter = Counter()
     batch: list = []
+    events: list[dict] = []
     done = 0
 
     def flush_batch():
         nonlocal done
         _flush(session, now)
-        for obj in batch:
-            session.expunge(obj)
-        done += sum(1 for obj in batch if isinstance(obj, ad.model))
+        audit.record_many(session, events)
+        done += len(batch)
+        # Flushed objects are held weakly by the session: dropping them keeps memory flat.
         batch.clear()
+        events.clear()
         if after_batch is not None:
             after_batch(done)
 
@@ -887,20 +889,19 @@ def add_many(
         pool = pool_for(person.area, person.readonly)
         session.add(user)
         batch.append(user)
-        batch.append(
-            audit.record(
-                session,
-                at=now,
-                actor=actor,
-                action="add",
-                path=path,
-                subject=person.username,
-                pool=pool,
-                detail="" if person.active else "created blocked",
-            )
+        events.append(
+            {
+                "at": now,
+                "actor": actor,
+                "action": "add",
+                "path": path,
+                "subject": person.username,
+                "pool": pool,
+                "detail": "" if person.active else "created blocked",
+            }
         )
         created[(person.area, pool, person.active)] += 1
-        if len(batch) >= 2 * batch_size:
+        if len(batch) >= batch_size:
             flush_batch()
     if batch:
         flush_batch()
