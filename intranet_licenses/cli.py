@@ -285,7 +285,8 @@ def import_csv_command(file, dry_run):
     """Import people from a CSV file: preview, then create the valid rows all together.
 
     Rows with problems are listed and skipped. If the valid rows need more seats than are
-    free, nothing is written and the command exits 1.
+    free, nothing is written and the command exits 1. With --dry-run the exit status says
+    whether the import would go ahead.
     """
     session = _session()
     now = utcnow()
@@ -307,13 +308,20 @@ def import_csv_command(file, dry_run):
     if dry_run:
         session.rollback()
         click.echo("Dry run: nothing was written.")
-        return
+        sys.exit(0 if preview.can_apply else 1)  # what the import itself would do
     if not preview.can_apply and not preview.shortfalls:
         _refuse("Nothing was imported.")
     bar = _Bar(preview.tally.valid_rows, "Importing", show)
     try:
         result = csv_import.apply(
-            session, file, name=name, actor=cli_actor(), now=now, path="cli", progress=bar
+            session,
+            file,
+            name=name,
+            actor=cli_actor(),
+            now=now,
+            path="cli",
+            progress=bar,
+            checked=preview,
         )
         session.commit()  # the people, or (after a refusal) only the audit record
     except csv_import.ImportFileError as problem:

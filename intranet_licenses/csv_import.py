@@ -16,7 +16,7 @@ import os
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -731,15 +731,20 @@ def apply(
     now: datetime,
     path: str,
     progress: Progress | None = None,
-    check_progress: Progress | None = None,
+    checked: Preview | None = None,
 ) -> Result:
     """Create the valid rows' people, all or nothing (see the module docstring).
 
     Flushes only; the caller commits, also after a refusal or an error (to keep the audit
     record). On a refusal or a database error everything this call wrote is rolled back
-    first, so the data is as it was before the upload.
+    first, so the data is as it was before the upload. ``checked`` is a preview of the same
+    file made just before in the same process (the CLI), saving one pass over the file; the
+    free seats are read again in any case, and every row is checked again as it is written.
     """
-    before = preview(session, file_path, name=name, now=now, progress=check_progress)
+    if checked is None:
+        before = preview(session, file_path, name=name, now=now)
+    else:
+        before = replace(checked, shortfalls=seats.shortfalls(session, checked.tally.needed, now))
     result = Result(preview=before)
     subject = before.facts.name[:255]
     if not before.tally.valid_rows:

@@ -324,7 +324,7 @@ def _import_form_page(form=None, status=200):
             "licenses/import.html",
             form=form or ImportForm(),
             figures=seats.figures(_session(), utcnow()),
-            max_bytes=config("MAX_UPLOAD_BYTES"),
+            max_size=csv_import.size_text(config("MAX_UPLOAD_BYTES")),
         ),
         status,
     )
@@ -422,6 +422,7 @@ def import_preview(token: str):
     return render_template(
         "licenses/import_preview.html",
         preview=preview,
+        figures=preview.figures,
         token=token,
         form=ConfirmForm(),
     )

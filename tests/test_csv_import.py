@@ -453,8 +453,9 @@ def test_fewer_free_seats_than_rows_refuses_the_whole_upload_in_the_cli(
     install_license(intranet=5)
     before = snapshot(app)
     dry, real = cli_both(runner, tmp_path, FIVE)
-    assert dry.exit_code == 0
+    assert dry.exit_code == 1  # the import would be refused
     assert "Needs 5 intranet seats, 2 free: 3 short." in dry.output
+    assert dry.output.splitlines()[-1] == "Dry run: nothing was written."
     assert real.exit_code == 1
     assert "Refused: nothing was imported. No free seat in the intranet pool" in real.output
     assert snapshot(app) == before
@@ -645,3 +646,114 @@ def test_every_import_route_is_in_the_table(app):
         for method in rule.methods - {"HEAD", "OPTIONS"}
     }
     assert routes == set(IMPORT_ROUTES)
+
+
+# PostgreSQL -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def pg_app(postgres_url, vendor_key, make_license, tmp_path):
+    """The demo app on the PostgreSQL test database (its tables dropped afterwards)."""
+    from conftest import PASSWORD, app_config
+
+    from intranet_licenses import licensing
+
+    app = wsgi.create_app(
+        app_config(postgres_url, vendor_key), instance_path=str(tmp_path / "instance")
+    )
+    result = app.test_cli_runner().invoke(args=["init-db", "--password", PASSWORD])
+    assert result.exit_code == 0, result.output
+    with app.app_context():
+        licensing.install(
+            wsgi.db.session,
+            make_license(intranet=10),
+            actor="test",
+            now=seats.utcnow(),
+            path="test",
+        )
+        wsgi.db.session.commit()
+    yield app
+    with app.app_context():
+        wsgi.db.session.remove()
+        tables = sa.MetaData()
+        tables.reflect(wsgi.db.engine)
+        tables.drop_all(wsgi.db.engine)
+        wsgi.db.engine.dispose()
+
+
+@pytest.mark.postgres
+def test_on_postgresql_seats_taken_by_another_worker_meanwhile_refuse_the_import(
+    pg_app, tmp_path, monkeypatch
+):
+    path = tmp_path / "five.csv"
+    path.write_bytes(FIVE)
+    real_add_many = seats.add_many
+
+    def another_worker_first(session, people, **kwargs):
+        # Another connection admits 8 people and commits after our up-front check passed.
+        with sa.orm.Session(wsgi.db.engine) as other:
+            for i in range(8):
+                seats.add_person(
+                    other,
+                    username=f"other{i}",
+                    first_name="O",
+                    surname="Ther",
+                    email="",
+                    actor="other",
+                    now=seats.utcnow(),
+                    path="test",
+                )
+            other.commit()
+        return real_add_many(session, people, **kwargs)
+
+    monkeypatch.setattr(seats, "add_many", another_worker_first)
+    with pg_app.app_context():
+        session = wsgi.db.session
+        before = csv_import.preview(session, path, now=seats.utcnow())
+        assert before.can_apply and "Needs 5 intranet seats, 10 free." in before.lines()
+        result = csv_import.apply(session, path, actor="tester", now=seats.utcnow(), path="test")
+        session.commit()
+        assert result.lines()[:2] == [
+            "Refused: nothing was imported.",
+            "No free seat in the intranet pool: 8 of 10 seats are in use and this needs 5 "
+            "seats. Request more licenses, or block or delete people who no longer need access.",
+        ]
+    assert usage(pg_app)["intranet"] == 8
+    assert user_row(pg_app, "new0") is None
+    assert audit_rows(pg_app, "import") == [("five.csv", "refused", "test", "intranet")]
+
+
+@pytest.mark.postgres
+def test_on_postgresql_a_failure_half_way_undoes_the_flushed_batches(
+    pg_app, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(csv_import, "BATCH_SIZE", 2)
+    before = snapshot(pg_app)
+    failing = _FailingInsert(3)
+    with pg_app.app_context():
+        engine = wsgi.db.engine
+    sa.event.listen(engine, "before_cursor_execute", failing)
+    try:
+        result = cli_import(pg_app.test_cli_runner(), tmp_path, FIVE)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", failing)
+    assert result.exit_code == 1
+    assert "Nothing was imported: the database reported an error half-way" in result.output
+    assert failing.seen == 3
+    assert snapshot(pg_app) == before
+
+    ok = cli_import(pg_app.test_cli_runner(), tmp_path, FIVE)  # and then it works
+    assert ok.exit_code == 0, ok.output
+    assert usage(pg_app)["intranet"] == 5
+
+
+def test_tabs_and_other_header_spellings(app, runner, tmp_path):
+    data = csv_bytes(["Given name\tFamily name\tE-mail", "Åsa\tÖberg-D'Souza\tasa@example.org"])
+    dry = cli_import(runner, tmp_path, data, "hr.tsv", dry_run=True)
+    assert dry.exit_code == 0, dry.output
+    assert "separated by tabs, Unix (LF) line ends." in dry.output
+    assert "Columns used: Given name (first name), Family name (surname), E-mail (email)." in (
+        dry.output
+    )
+    assert cli_import(runner, tmp_path, data, "hr.tsv").exit_code == 0
+    assert user_row(app, "asa") == ("Åsa", "Öberg-D'Souza", "asa@example.org", True, "csv")
