@@ -495,12 +495,13 @@ def _existing(session, keys: set[str]) -> dict[str, str]:
     if not keys:
         return {}
     ad = adapter()
-    rows = session.execute(
-        select(Profile.username_key, ad.column("username"))
-        .join(ad.model, ad.column("id") == Profile.user_id)
-        .where(Profile.username_key.in_(keys))
-    )
-    return dict(rows.all())
+    with session.no_autoflush:  # during apply, add_many flushes its batches itself
+        rows = session.execute(
+            select(Profile.username_key, ad.column("username"))
+            .join(ad.model, ad.column("id") == Profile.user_id)
+            .where(Profile.username_key.in_(keys))
+        )
+        return dict(rows.all())
 
 
 def _people(

@@ -371,8 +371,8 @@ def import_page():
 def import_upload():
     limit = config("MAX_UPLOAD_BYTES")
     request.max_content_length = limit + 64 * 1024  # the form's other fields and framing
-    form = ImportForm()
     try:
+        form = ImportForm()  # reads the request body
         valid = form.validate_on_submit()
     except RequestEntityTooLarge:
         flash(

@@ -407,6 +407,11 @@ def test_a_file_over_the_size_limit(app, client, auth, runner, tmp_path, account
     response = upload(client, data, "big.csv")
     assert response.status_code == 302 and response.headers["Location"].endswith(IMPORT)
     assert "larger than 1000 bytes, the largest file accepted" in page_text(client.get(IMPORT))
+    # far over the limit: refused while the request is read, before it is stored anywhere
+    response = upload(client, data * 60, "huge.csv")
+    assert response.status_code == 302 and response.headers["Location"].endswith(IMPORT)
+    assert "The file is larger than 1000 bytes" in page_text(client.get(IMPORT))
+    assert list(csv_import.uploads_folder(app.instance_path).iterdir()) == []
     assert count_users(app) == 4
 
 
