@@ -22,7 +22,7 @@ from pathlib import Path
 
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import select
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from . import audit, seats
 from .extension import adapter, config, logger
@@ -333,9 +333,12 @@ class Tally:
     create: Counter = field(default_factory=Counter)
     problems: list[Problem] = field(default_factory=list)
     problem_rows: int = 0
+    #: The line of every row with a problem (all of them, for the writing pass).
+    problem_lines: set[int] = field(default_factory=set)
 
     def problem(self, problem: Problem) -> None:
         self.problem_rows += 1
+        self.problem_lines.add(problem.line)
         if len(self.problems) < MAX_PROBLEMS_KEPT:
             self.problems.append(problem)
 
@@ -505,16 +508,29 @@ def _existing(session, keys: set[str]) -> dict[str, str]:
 
 
 def _people(
-    session, reader: CsvPeople, tally: Tally, progress: Progress | None
+    session,
+    reader: CsvPeople,
+    tally: Tally,
+    progress: Progress | None,
+    checked: Tally | None = None,
 ) -> Iterator[seats.NewPerson]:
-    """Check every row, counting into ``tally``; yield the people that can be created."""
+    """Check every row, counting into ``tally``; yield the people that can be created.
+
+    With ``checked`` (the writing pass) the rows that pass found a problem in are skipped
+    and the database is not asked again: a username someone else took since then is caught
+    by the unique index (IntegrityError, everything rolled back). Asking again while the
+    import's own rows pile up in the transaction is what made PostgreSQL slow: a cached
+    generic plan from before the import scans the whole table.
+    """
     checker = _RowChecker()
     seen: dict[str, int] = {}  # username key -> first line it is on
     batch: list[tuple[int, str, seats.NewPerson | None, list[str]]] = []
 
     def drain():
-        keys = {seats._key(username) for _line, username, person, _p in batch if person}
-        existing = _existing(session, keys)
+        existing = {}
+        if checked is None:
+            keys = {seats._key(username) for _line, username, person, _p in batch if person}
+            existing = _existing(session, keys)
         for line, username, person, problems in batch:
             key = seats._key(username)
             if key in existing:
@@ -540,6 +556,8 @@ def _people(
 
     for line, values in reader.rows():
         tally.rows += 1
+        if checked is not None and line in checked.problem_lines:
+            continue  # listed by the checking pass
         if values is None:
             tally.problem(
                 Problem(
@@ -769,7 +787,7 @@ def apply(
 
     def people():
         with CsvPeople(file_path, name) as reader:
-            for person in _people(session, reader, tally, None):
+            for person in _people(session, reader, tally, None, checked=before.tally):
                 if len(names) < MAX_NAMES_KEPT:
                     names.append(person.username)
                 yield person
@@ -816,6 +834,13 @@ def apply(
             "everything the upload had written was undone, so the data is as it was before. "
             "Try again; if it happens again, tell the intranet's administrator."
         )
+        if isinstance(exc, IntegrityError):
+            result.error = (
+                "Nothing was imported: the database refused a row as a duplicate, most "
+                "likely a username someone added while the upload was being written. "
+                "Everything the upload had written was undone. Preview the file again: it "
+                "will show which rows are affected."
+            )
         audit.record(
             session,
             at=now,
@@ -831,7 +856,9 @@ def apply(
         session.rollback()
         raise
     result.created = created
-    result.tally = tally
+    for problem in tally.problems:  # only if a row read differently the second time
+        before.tally.problem(problem)
+    result.tally = tally = before.tally
     audit.record(
         session,
         at=now,

@@ -762,3 +762,45 @@ def test_tabs_and_other_header_spellings(app, runner, tmp_path):
     )
     assert cli_import(runner, tmp_path, data, "hr.tsv").exit_code == 0
     assert user_row(app, "asa") == ("Åsa", "Öberg-D'Souza", "asa@example.org", True, "csv")
+
+
+def test_a_username_someone_adds_meanwhile_undoes_the_whole_import(
+    app, accounts, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(csv_import, "BATCH_SIZE", 2)
+    path = tmp_path / "five.csv"
+    path.write_bytes(FIVE)
+    real_add_many = seats.add_many
+
+    def someone_adds_new3_first(session, people, **kwargs):
+        with sa.orm.Session(wsgi.db.engine) as other:
+            seats.add_person(
+                other,
+                username="NEW3",
+                first_name="N",
+                surname="Ew",
+                email="",
+                actor="other",
+                now=seats.utcnow(),
+                path="test",
+            )
+            other.commit()
+        return real_add_many(session, people, **kwargs)
+
+    monkeypatch.setattr(seats, "add_many", someone_adds_new3_first)
+    with app.app_context():
+        session = wsgi.db.session
+        result = csv_import.apply(session, path, actor="tester", now=seats.utcnow(), path="test")
+        session.commit()
+    assert result.lines() == [
+        "Nothing was imported: the database refused a row as a duplicate, most likely a "
+        "username someone added while the upload was being written. Everything the upload "
+        "had written was undone. Preview the file again: it will show which rows are affected."
+    ]
+    assert [user_row(app, f"new{i}") for i in range(5)] == [None] * 5
+    assert user_row(app, "NEW3") is not None
+    assert usage(app)["intranet"] == 4
+    monkeypatch.setattr(seats, "add_many", real_add_many)
+    with app.app_context():
+        again = csv_import.preview(wsgi.db.session, path, now=seats.utcnow())
+    assert [p.line for p in again.tally.problems] == [5]
