@@ -4,7 +4,8 @@
                                            [--database-url postgresql+psycopg://...]
 
 Each measurement runs in a fresh process on a fresh database (SQLite in a temporary folder,
-or the tables of --database-url dropped first), so its peak RSS is its own. The file is in
+or --database-url, an existing throw-away database whose tables are all dropped first), so
+its peak RSS is its own. The file is in
 the Microsoft 365 "add multiple users" format (16 columns, CRLF). Prints medians over
 --repeat runs, rows per second, and the per-row time against the baseline size measured in
 the same run (a ratio near 1.0 means the cost grows linearly, memory flat means streaming).
