@@ -519,8 +519,8 @@ def _people(
     With ``checked`` (the writing pass) the rows that pass found a problem in are skipped
     and the database is not asked again: a username someone else took since then is caught
     by the unique index (IntegrityError, everything rolled back). Asking again while the
-    import's own rows pile up in the transaction is what made PostgreSQL slow: a cached
-    generic plan from before the import scans the whole table.
+    import's own rows pile up in the transaction made PostgreSQL quadratic: with the
+    table's statistics from before the import, the planner scans the table for every batch.
     """
     checker = _RowChecker()
     seen: dict[str, int] = {}  # username key -> first line it is on
