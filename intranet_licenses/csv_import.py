@@ -392,11 +392,12 @@ def _local_part(address: str) -> str:
     return address.rpartition("@")[0] if "@" in address else address
 
 
-def _flag(value: str, column: str, yes: str, no: str, problems: list[str]) -> bool | None:
+def _flag(value: str, column: str, problems: list[str], yes=(), no=()) -> bool | None:
+    """Yes/No (and the words in ``yes``/``no``) as a bool; None and a problem otherwise."""
     low = value.strip().lower()
-    if low in _YES or low == yes:
+    if low in _YES or low in yes:
         return True
-    if low in _NO or low == no:
+    if low in _NO or low in no:
         return False
     problems.append(f"{column} is '{value}'; use Yes or No.")
     return None
@@ -462,7 +463,7 @@ class _RowChecker:
             problems.append(str(exc)[0].lower() + str(exc)[1:])
         readonly = False
         if values.get(READONLY):
-            readonly = bool(_flag(values[READONLY], "Read-only", "read-only", "", problems))
+            readonly = bool(_flag(values[READONLY], "Read-only", problems, yes=("read-only",)))
         pool_text = values.get(POOL, "").strip().lower().replace("-", "")
         if pool_text:
             if pool_text not in POOLS:
@@ -476,9 +477,9 @@ class _RowChecker:
                 )
         active = True
         if values.get(STATE):
-            active = _flag(values[STATE], "Account state", "active", "blocked", problems)
+            active = _flag(values[STATE], "Account state", problems, ("active",), ("blocked",))
         elif values.get(BLOCK_SIGN_IN):
-            active = not _flag(values[BLOCK_SIGN_IN], "Block sign in", "", "", problems)
+            active = not _flag(values[BLOCK_SIGN_IN], "Block sign in", problems)
         if problems:
             return username, None, problems
         person = seats.NewPerson(
