@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from sqlalchemy import insert
+
 from .models import AuditEvent
 
 
@@ -32,3 +34,12 @@ def record(
     )
     session.add(event)
     return event
+
+
+def record_many(session, events: list[dict]) -> None:
+    """Write many audit events at once (bulk imports); each dict has ``record``'s arguments."""
+    if events:
+        session.execute(
+            insert(AuditEvent.__table__),
+            [{"outcome": "ok", "subject": None, "pool": None, "detail": "", **e} for e in events],
+        )

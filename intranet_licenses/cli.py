@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 from flask.cli import AppGroup
 
-from . import license_requests, licensing, notifications, outbox, schema, seats
+from . import csv_import, license_requests, licensing, notifications, outbox, schema, seats
 from .extension import adapter, config
 from .license_file import LicenseFileError, generate_key_pair, load_private_key, sign_text
 from .models import PRIMARY_AREA, utcnow
@@ -381,3 +381,96 @@ def request_command(seats_text, pool, move_from, move_to, note, requester_email)
         f"Request #{sent.id} was sent to {config('VENDOR_EMAIL')}: "
         f"{license_requests.describe(sent)}."
     )
+
+
+# CSV import -----------------------------------------------------------------------------
+
+
+def _echo_problems(tally) -> None:
+    for problem in tally.problems:
+        click.echo(problem.sentence())
+    hidden = tally.problem_rows - len(tally.problems)
+    if hidden:
+        click.echo(f"... and {hidden:,} more rows with problems, not shown.")
+
+
+class _Bar:
+    """A click progress bar over bytes read or people written, shown only for long files."""
+
+    def __init__(self, length: int, label: str, show: bool):
+        self._bar = None
+        self._done = 0
+        if show:
+            self._bar = click.progressbar(length=length, label=label, file=sys.stderr)
+            self._bar.__enter__()
+
+    def __call__(self, done: int) -> None:
+        if self._bar is not None:
+            self._bar.update(done - self._done)
+            self._done = done
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+            self._bar = None
+
+
+#: Files larger than this get progress bars.
+_PROGRESS_BYTES = 256 * 1024
+
+
+@licenses_cli.command("import-csv")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--dry-run", is_flag=True, help="Print the preview only; write nothing.")
+def import_csv_command(file, dry_run):
+    """Import people from a CSV file: preview, then create the valid rows all together.
+
+    Rows with problems are listed and skipped. If the valid rows need more seats than are
+    free, nothing is written and the command exits 1. With --dry-run the exit status says
+    whether the import would go ahead.
+    """
+    session = _session()
+    now = utcnow()
+    size = Path(file).stat().st_size
+    show = size > _PROGRESS_BYTES
+    name = Path(file).name
+    bar = _Bar(size, "Checking", show)
+    try:
+        preview = csv_import.preview(session, file, name=name, now=now, progress=bar)
+    except csv_import.ImportFileError as problem:
+        bar.close()
+        _refuse(str(problem))
+    bar.close()
+    lines = preview.lines()
+    for line in lines[:-1]:
+        click.echo(line)
+    _echo_problems(preview.tally)
+    click.echo(lines[-1])
+    if dry_run:
+        session.rollback()
+        click.echo("Dry run: nothing was written.")
+        sys.exit(0 if preview.can_apply else 1)  # what the import itself would do
+    if not preview.can_apply and not preview.shortfalls:
+        _refuse("Nothing was imported.")
+    bar = _Bar(preview.tally.valid_rows, "Importing", show)
+    try:
+        result = csv_import.apply(
+            session,
+            file,
+            name=name,
+            actor=cli_actor(),
+            now=now,
+            path="cli",
+            progress=bar,
+            checked=preview,
+        )
+        session.commit()  # the people, or (after a refusal) only the audit record
+    except csv_import.ImportFileError as problem:
+        bar.close()
+        _refuse(str(problem))
+    finally:
+        bar.close()
+    if not result.ok:
+        raise click.ClickException(" ".join(result.lines()))
+    for line in result.lines():
+        click.echo(line)

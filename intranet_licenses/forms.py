@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from flask_wtf import FlaskForm
-from flask_wtf.file import FileField
+from flask_wtf.file import FileField, FileRequired
 from wtforms import (
     BooleanField,
     HiddenField,
@@ -79,3 +79,9 @@ class LicenseRequestForm(FlaskForm):
     requester_email = StringField("Your email", validators=[Length(max=1000)])
     #: One per form shown, so that a double click or a resubmitted page records one request.
     submission_key = HiddenField()
+
+
+class ImportForm(FlaskForm):
+    """CSV upload of people (csv_import.py)."""
+
+    csv_file = FileField("CSV file", validators=[FileRequired("Choose a CSV file to upload.")])

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import secrets
+import time
 import uuid
 
-from flask import Blueprint, flash, redirect, render_template, request, url_for
+from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 from markupsafe import Markup
+from sqlalchemy.exc import SQLAlchemyError
+from werkzeug.exceptions import RequestEntityTooLarge
 
-from . import access, license_requests, licensing, notifications, people, seats
+from . import access, csv_import, license_requests, licensing, notifications, people, seats
 from .access import PEOPLE_ADMIN, SYSADMIN, role_required
 from .extension import adapter, config
 from .forms import (
     AddPersonForm,
     ConfirmForm,
+    ImportForm,
     InstallLicenseForm,
     LicenseRequestForm,
     MoveForm,
@@ -567,3 +573,174 @@ def seat_refused(error):
     """
     adapter().session.rollback()
     return render_template("licenses/refused.html", message=str(error)), 409
+
+
+# CSV import (People administrator) -------------------------------------------------------
+# The upload is kept server-side in the instance folder under a random token (never sent
+# back through the browser), bound to the person who uploaded it, until it is applied,
+# discarded, or older than a day. See README "Importing people from CSV".
+
+
+def _import_form_page(form=None, status=200):
+    return (
+        render_template(
+            "licenses/import.html",
+            form=form or ImportForm(),
+            figures=seats.figures(_session(), utcnow()),
+            max_size=csv_import.size_text(config("MAX_UPLOAD_BYTES")),
+        ),
+        status,
+    )
+
+
+def _stored_upload(token: str):
+    """(csv path, metadata) of the current user's upload ``token``, or None."""
+    paths = csv_import.upload_paths(current_app.instance_path, token)
+    if paths is None:
+        return None
+    csv_path, meta_path = paths
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if meta.get("user") != access.actor() or not csv_path.exists():
+        return None
+    return csv_path, meta
+
+
+def _discard_upload(token: str) -> None:
+    paths = csv_import.upload_paths(current_app.instance_path, token)
+    for path in paths or ():
+        path.unlink(missing_ok=True)
+
+
+def _upload_gone():
+    flash(
+        "That upload is no longer available: it was applied or discarded, or is more than a "
+        "day old. Upload the file again.",
+        "error",
+    )
+    return redirect(url_for(".import_page"))
+
+
+@bp.get("/people/import")
+@role_required(PEOPLE_ADMIN)
+def import_page():
+    return _import_form_page()
+
+
+@bp.post("/people/import")
+@role_required(PEOPLE_ADMIN)
+def import_upload():
+    limit = config("MAX_UPLOAD_BYTES")
+    request.max_content_length = limit + 64 * 1024  # the form's other fields and framing
+    try:
+        form = ImportForm()  # reads the request body
+        valid = form.validate_on_submit()
+    except RequestEntityTooLarge:
+        flash(
+            f"The file is larger than {csv_import.size_text(limit)}, the largest file accepted. "
+            "Split it into smaller files, or ask the administrator to raise "
+            "LICENSES_MAX_UPLOAD_BYTES.",
+            "error",
+        )
+        return redirect(url_for(".import_page"))
+    if not valid:
+        problems = " ".join(e for errors in form.errors.values() for e in errors)
+        flash(f"Nothing was uploaded. {problems}", "error")
+        return redirect(url_for(".import_page"))
+    upload = form.csv_file.data
+    name = (upload.filename or "upload.csv").replace("\\", "/").rsplit("/", 1)[-1][:200]
+    instance = current_app.instance_path
+    csv_import.clean_uploads(instance, time.time())
+    token = secrets.token_urlsafe(24)
+    csv_path, meta_path = csv_import.upload_paths(instance, token)
+    try:
+        csv_import.save_stream(upload.stream, csv_path, limit, name)
+        csv_import.CsvPeople(csv_path, name).close()  # the header is checked at once
+    except csv_import.ImportFileError as problem:
+        csv_path.unlink(missing_ok=True)
+        flash(str(problem), "error")
+        return redirect(url_for(".import_page"))
+    meta_path.write_text(
+        json.dumps({"name": name, "user": access.actor(), "uploaded_at": utcnow().isoformat()}),
+        encoding="utf-8",
+    )
+    return redirect(url_for(".import_preview", token=token))
+
+
+@bp.get("/people/import/<token>")
+@role_required(PEOPLE_ADMIN)
+def import_preview(token: str):
+    stored = _stored_upload(token)
+    if stored is None:
+        return _upload_gone()
+    csv_path, meta = stored
+    try:
+        preview = csv_import.preview(_session(), csv_path, name=meta["name"], now=utcnow())
+    except csv_import.ImportFileError as problem:
+        _discard_upload(token)
+        flash(str(problem), "error")
+        return redirect(url_for(".import_page"))
+    return render_template(
+        "licenses/import_preview.html",
+        preview=preview,
+        figures=preview.figures,
+        token=token,
+        form=ConfirmForm(),
+    )
+
+
+@bp.post("/people/import/<token>/apply")
+@role_required(PEOPLE_ADMIN)
+def import_apply(token: str):
+    if not ConfirmForm().validate_on_submit():
+        flash("The form expired; please try again.", "error")
+        return redirect(url_for(".import_preview", token=token))
+    stored = _stored_upload(token)
+    if stored is None:
+        return _upload_gone()
+    csv_path, meta = stored
+    session = _session()
+    try:
+        result = csv_import.apply(
+            session,
+            csv_path,
+            name=meta["name"],
+            actor=access.actor(),
+            now=utcnow(),
+            path="page",
+        )
+        session.commit()  # the people, or (after a refusal) only the audit record
+    except csv_import.ImportFileError as problem:
+        session.rollback()
+        _discard_upload(token)
+        flash(str(problem), "error")
+        return redirect(url_for(".import_page"))
+    except SQLAlchemyError:
+        session.rollback()
+        flash(
+            "Nothing was imported: the database reported an error while saving, and the data "
+            "is as it was before. Try again; if it happens again, tell the intranet's "
+            "administrator.",
+            "error",
+        )
+        return redirect(url_for(".import_preview", token=token))
+    if result.ok:
+        _discard_upload(token)
+    return render_template(
+        "licenses/import_result.html",
+        result=result,
+        token=token,
+        form=ConfirmForm(),
+        figures=seats.figures(session, utcnow()),
+    )
+
+
+@bp.post("/people/import/<token>/discard")
+@role_required(PEOPLE_ADMIN)
+def import_discard(token: str):
+    if ConfirmForm().validate_on_submit() and _stored_upload(token) is not None:
+        _discard_upload(token)
+        flash("The upload was discarded; nothing was imported.", "success")
+    return redirect(url_for(".import_page"))

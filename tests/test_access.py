@@ -8,6 +8,8 @@ from conftest import person_state
 SYSADMIN = "sysadmin"
 PEOPLE = "people_admin"
 
+TOKEN = "0123456789abcdef0123456789abcdef"  # an upload token that names no upload
+
 #: endpoint -> (method, path, role). {id} is replaced by jennifer's user id.
 ROUTES = {
     "licenses.license_page": ("GET", "/admin/licenses/", SYSADMIN),
@@ -26,6 +28,11 @@ ROUTES = {
     "licenses.delete_person": ("GET", "/admin/licenses/people/{id}/delete", PEOPLE),
     "licenses.activate_waiting": ("POST", "/admin/licenses/people/activate-waiting", PEOPLE),
     "licenses.sync_directory": ("POST", "/admin/licenses/people/sync-directory", PEOPLE),
+    "licenses.import_page": ("GET", "/admin/licenses/people/import", PEOPLE),
+    "licenses.import_upload": ("POST", "/admin/licenses/people/import", PEOPLE),
+    "licenses.import_preview": ("GET", f"/admin/licenses/people/import/{TOKEN}", PEOPLE),
+    "licenses.import_apply": ("POST", f"/admin/licenses/people/import/{TOKEN}/apply", PEOPLE),
+    "licenses.import_discard": ("POST", f"/admin/licenses/people/import/{TOKEN}/discard", PEOPLE),
 }
 
 #: Who has which role among the demo accounts.
