@@ -93,13 +93,13 @@ def parse_columns(names: Iterable[str] | str | None) -> tuple[str, ...]:
     if isinstance(names, str):
         names = names.split(",")
     wanted = {name.strip().lower() for name in names if name.strip()}
-    if "all" in wanted:
-        return tuple(OPTIONAL_COLUMNS)
-    unknown = sorted(wanted - OPTIONAL_COLUMNS.keys())
+    unknown = sorted(wanted - OPTIONAL_COLUMNS.keys() - {"all"})
     if unknown:
         raise ExportError(
             f"Unknown column '{unknown[0]}': choose from {', '.join(OPTIONAL_COLUMNS)} (or all)."
         )
+    if "all" in wanted:
+        return tuple(OPTIONAL_COLUMNS)
     return tuple(name for name in OPTIONAL_COLUMNS if name in wanted)
 
 

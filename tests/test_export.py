@@ -380,6 +380,7 @@ def test_neutralise_unit():
     ("choices", "message"),
     [
         ({"columns": "email,phone"}, "Unknown column 'phone': choose from account_state,"),
+        ({"columns": "all,phone"}, "Unknown column 'phone': choose from account_state,"),
         ({"state": "asleep"}, "Unknown state 'asleep': choose active, blocked or all."),
         ({"area": "mars"}, "Unknown area 'mars'. Areas are: primary, partners, suppliers."),
     ],
