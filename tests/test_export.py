@@ -290,14 +290,14 @@ def test_null_and_non_text_cells_are_written_like_csv_writer():
         sql="",
         params=(),
         text_indexes=(0, 1, 2, 4),
-        maps=((3, export._as_text),),
+        maps=((3, lambda cells: map(str.upper, cells)),),
         header=[],
     )
-    rows = [("a", None, "=x", 7, None), ("b", "B", 12, 8, "b@example.com")]
+    rows = [("a", None, "=x", "y", None), ("b", "B", 12, "z", "b@example.com")]
     lines = export._Lines()
     writer = csv.writer(lines, lineterminator="\r\n")
     text = export._encode(rows, plan, writer, lines)
-    assert text == "a,,'=x,7,\r\nb,B,12,8,b@example.com\r\n"
+    assert text == "a,,'=x,Y,\r\nb,B,12,Z,b@example.com\r\n"
 
 
 def reference_export(app, columns: tuple[str, ...]) -> bytes:
