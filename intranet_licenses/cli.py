@@ -298,7 +298,17 @@ def export_command(columns, state, area, bom, out_path):
             for chunk in export.stream(opts, progress=progress):
                 out.write(chunk)
         partial.replace(target)
+    except OSError as exc:
+        _remove_partial(partial)
+        raise click.ClickException(f"Could not write {out_path}: {exc.strerror}.") from None
     except BaseException:
-        partial.unlink(missing_ok=True)
+        _remove_partial(partial)
         raise
     click.echo(f"Wrote {written} people to {out_path}.", err=True)
+
+
+def _remove_partial(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass

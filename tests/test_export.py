@@ -531,6 +531,17 @@ def test_cli_bad_options(runner, options, message):
     assert result.stdout_bytes == b""
 
 
+def test_cli_reports_a_file_it_cannot_write(runner, tmp_path):
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    (folder / ".out.csv.part").mkdir()  # stands in for a file that cannot be opened
+    result = runner.invoke(args=["licenses", "export", "--out", str(folder / "out.csv")])
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"Error: Could not write {folder / 'out.csv'}: ")
+    assert result.stderr.count("\n") == 1
+    assert not (folder / "out.csv").exists()
+
+
 def test_cli_shows_progress_when_writing_a_file(runner, make_person, tmp_path):
     for number in range(5):
         make_person(f"p{number}")
