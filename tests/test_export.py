@@ -22,7 +22,12 @@ from conftest import app_config
 
 import wsgi
 from intranet_licenses import export
-from intranet_licenses.models import AWAITING_LICENSE, BLOCKED_BY_ADMIN, BLOCKED_BY_DIRECTORY
+from intranet_licenses.models import (
+    AWAITING_LICENSE,
+    BLOCKED_BY_ADMIN,
+    BLOCKED_BY_DIRECTORY,
+    utcnow,
+)
 
 HEADER = "Username,First name,Surname,ID"
 ALL = "account_state,email,area,pool,block_reason,created,last_login"
@@ -446,7 +451,7 @@ def test_page_answers_a_streamed_csv_attachment(client, auth, accounts):
     assert response.is_streamed
     assert response.mimetype == "text/csv"
     assert "Content-Length" not in response.headers
-    today = datetime.now().strftime("%Y-%m-%d")
+    today = utcnow().strftime("%Y-%m-%d")
     assert response.headers["Content-Disposition"] == (
         f'attachment; filename="intranet.example.com-people-{today}.csv"'
     )
