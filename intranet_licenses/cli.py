@@ -474,3 +474,75 @@ def import_csv_command(file, dry_run):
         raise click.ClickException(" ".join(result.lines()))
     for line in result.lines():
         click.echo(line)
+
+
+# People export (issue 7) -----------------------------------------------------------------
+
+
+@licenses_cli.command("export")
+@click.option(
+    "--columns",
+    default="",
+    metavar="NAMES",
+    help="Optional columns, comma-separated: account_state,email,area,pool,block_reason,"
+    "created,last_login (or all). They always appear in that order.",
+)
+@click.option("--state", default="all", show_default=True, help="active, blocked or all.")
+@click.option("--area", default=None, help="Only this area (primary or an extranet area).")
+@click.option("--bom", is_flag=True, help="Start with a UTF-8 byte-order mark (for Excel).")
+@click.option("--out", "out_path", default="-", show_default=True, help="File to write, or -.")
+def export_command(columns, state, area, bom, out_path):
+    """Export People to CSV, streamed (the same bytes as the People export page)."""
+    from . import export
+
+    try:
+        opts = export.options(columns=columns, state=state, area=area, bom=bom)
+    except export.ExportError as exc:
+        raise click.ClickException(str(exc)) from None
+    if out_path == "-":
+        out = sys.stdout.buffer
+        for chunk in export.stream(opts):
+            out.write(chunk)
+        out.flush()
+        return
+    target = Path(out_path)
+    if target.is_dir():
+        raise click.ClickException(f"{out_path} is a folder; give a file name for --out.")
+    if not target.parent.is_dir():
+        raise click.ClickException(
+            f"The folder {target.parent} does not exist; create it or choose another --out."
+        )
+    total = export.count_rows(_session(), opts)
+    _session().rollback()  # end the read; the export reads on its own connection
+    # Written beside the target and renamed at the end: a run that stops half-way never
+    # leaves a file under the target's name that looks complete.
+    partial = target.with_name(f".{target.name}.part")
+    written = 0
+    try:
+        with (
+            partial.open("wb") as out,
+            click.progressbar(length=total, label="Exporting people", file=sys.stderr) as bar,
+        ):
+
+            def progress(rows):
+                nonlocal written
+                written += rows
+                bar.update(rows)
+
+            for chunk in export.stream(opts, progress=progress):
+                out.write(chunk)
+        partial.replace(target)
+    except OSError as exc:
+        _remove_partial(partial)
+        raise click.ClickException(f"Could not write {out_path}: {exc.strerror}.") from None
+    except BaseException:
+        _remove_partial(partial)
+        raise
+    click.echo(f"Wrote {written} people to {out_path}.", err=True)
+
+
+def _remove_partial(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass

@@ -10,10 +10,12 @@ from wtforms import (
     RadioField,
     SelectChoice,
     SelectField,
+    SelectMultipleField,
     StringField,
     TextAreaField,
 )
 from wtforms.validators import DataRequired, Length, Optional
+from wtforms.widgets import CheckboxInput, ListWidget
 
 
 class ConfirmForm(FlaskForm):
@@ -85,3 +87,37 @@ class ImportForm(FlaskForm):
     """CSV upload of people (csv_import.py)."""
 
     csv_file = FileField("CSV file", validators=[FileRequired("Choose a CSV file to upload.")])
+
+
+# People export (issue 7) -----------------------------------------------------------------
+
+
+class _CheckboxesField(SelectMultipleField):
+    """Several ticks from a fixed list, shown as checkboxes (no JavaScript)."""
+
+    widget = ListWidget(prefix_label=False)
+    option_widget = CheckboxInput()
+
+
+class ExportForm(FlaskForm):
+    """The People export: optional columns, filters and the encoding."""
+
+    columns = _CheckboxesField("Optional columns", validators=[Optional()])
+    state = SelectField(
+        "State",
+        choices=[
+            SelectChoice("all", "Everyone"),
+            SelectChoice("active", "Active only"),
+            SelectChoice("blocked", "Blocked only"),
+        ],
+        default="all",
+    )
+    area = SelectField("Area", default="")
+    encoding = RadioField(
+        "Encoding",
+        choices=[
+            SelectChoice("utf-8", "Plain UTF-8"),
+            SelectChoice("utf-8-bom", "UTF-8 with a byte-order mark (for Excel)"),
+        ],
+        default="utf-8",
+    )

@@ -68,7 +68,11 @@ def _session():
 
 
 def _area_choices():
-    return [(area, area) for area in seats.areas()]
+    # SelectChoice, not (value, label) tuples: WTForms 3.3 deprecates tuples (a warning,
+    # which the test suite turns into an error).
+    from wtforms.fields.choices import SelectChoice
+
+    return [SelectChoice(area, area) for area in seats.areas()]
 
 
 # License and summary (sysadmin) ----------------------------------------------------------
@@ -744,3 +748,66 @@ def import_discard(token: str):
         _discard_upload(token)
         flash("The upload was discarded; nothing was imported.", "success")
     return redirect(url_for(".import_page"))
+
+
+# People export (issue 7) -----------------------------------------------------------------
+
+
+def _export_form():
+    from wtforms.fields.choices import SelectChoice
+
+    from .export import OPTIONAL_COLUMNS
+    from .forms import ExportForm
+
+    form = ExportForm()
+    form.columns.choices = [SelectChoice(name, label) for name, label in OPTIONAL_COLUMNS.items()]
+    form.area.choices = [SelectChoice("", "Every area"), *_area_choices()]
+    return form
+
+
+@bp.route("/people/export", methods=["GET", "POST"])
+@role_required(PEOPLE_ADMIN)
+def export_people():
+    """The export form; its answer is the CSV, streamed as it is written."""
+    from flask import Response, stream_with_context
+
+    from . import export
+
+    form = _export_form()
+    if request.method == "GET":
+        form.columns.data = ["account_state"]
+        return render_template("licenses/export.html", form=form)
+    if not form.validate_on_submit():
+        problems = "; ".join(
+            f"{getattr(form, name).label.text}: {' '.join(errors)}"
+            for name, errors in form.errors.items()
+        )
+        flash(f"Nothing was exported. {problems}", "error")
+        return render_template("licenses/export.html", form=form), 400
+    opts = export.options(
+        columns=form.columns.data,
+        state=form.state.data,
+        area=form.area.data or None,
+        bom=form.encoding.data == "utf-8-bom",
+    )
+    chunks = export.stream(opts)
+    name = export.file_name(utcnow().date())
+    # No Content-Length: the server sends the body chunked and, should the export fail
+    # half-way, closes the connection without the final chunk, so the browser reports a
+    # failed download instead of saving a short file as if it were complete.
+    response = Response(stream_with_context(_logged(chunks)), mimetype="text/csv")
+    response.headers["Content-Disposition"] = f'attachment; filename="{name}"'
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+def _logged(chunks):
+    """Pass chunks through; log an export that fails after the response has started."""
+    from .export import logger
+
+    try:
+        yield from chunks
+    except Exception:
+        logger.exception("The People export failed part-way; the download was cut off.")
+        raise

@@ -28,6 +28,7 @@ ROUTES = {
     "licenses.delete_person": ("GET", "/admin/licenses/people/{id}/delete", PEOPLE),
     "licenses.activate_waiting": ("POST", "/admin/licenses/people/activate-waiting", PEOPLE),
     "licenses.sync_directory": ("POST", "/admin/licenses/people/sync-directory", PEOPLE),
+    "licenses.export_people": ("GET", "/admin/licenses/people/export", PEOPLE),
     "licenses.import_page": ("GET", "/admin/licenses/people/import", PEOPLE),
     "licenses.import_upload": ("POST", "/admin/licenses/people/import", PEOPLE),
     "licenses.import_preview": ("GET", f"/admin/licenses/people/import/{TOKEN}", PEOPLE),
