@@ -48,10 +48,22 @@ def _nav():
     user = adapter().current_user()
     items = []
     if access.has_role(user, SYSADMIN):
-        items += [("licenses.license_page", "License"), ("licenses.summary", "Summary")]
+        items += [
+            ("licenses.license_page", "License"),
+            ("licenses.summary", "Summary"),
+            ("licenses.request_page", "Request licenses"),
+        ]
     if access.has_role(user, PEOPLE_ADMIN):
         items.append(("licenses.people_page", "People"))
     return items
+
+
+POOL_LABELS = {"intranet": "Intranet", "extranet": "Extranet", "readonly": "Read-only"}
+
+
+@bp.app_template_filter("pool_label")
+def _pool_label(pool: str) -> str:
+    return POOL_LABELS.get(pool, pool)
 
 
 @bp.app_context_processor

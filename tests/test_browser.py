@@ -307,3 +307,57 @@ def test_request_licenses_with_a_refused_seat_number_then_a_good_one(live, page)
     assert "25" in flash_text(page)
     with live.app.app_context():
         assert wsgi.db.session.scalar(wsgi.db.select(wsgi.db.func.count(LicenseRequest.id))) == 1
+
+
+def test_upload_a_csv_through_preview_and_apply(live, page, tmp_path):
+    upload = tmp_path / "new-staff.csv"
+    upload.write_bytes(
+        "\ufeffUsername;First name;Surname;Email\r\n"
+        "amelie.roux;Amélie;Roux;amelie@example.com\r\n"
+        "sean.obrien;Seán;O'Brien;sean@example.com\r\n"
+        "JENNIFER;Jennifer;Again;j2@example.com\r\n"
+        "bad.mail;Bad;Mail;not-an-address\r\n".encode()
+    )
+    log_in(page, live, "peopleadmin")
+    page.goto(f"{live.url}/admin/licenses/people")
+    page.get_by_role("link", name="Import people from CSV…").click()
+    assert axe_findings(page) == []
+    page.get_by_label("CSV file").set_input_files(str(upload))
+    page.get_by_role("button", name="Upload and preview").click()
+    expect(page.get_by_role("heading", name="Preview of new-staff.csv")).to_be_visible()
+    preview = page.locator("main").inner_text()
+    assert re.search(r"\n4\tJENNIFER\t.*already exists", preview), preview
+    assert re.search(r"\n5\tbad\.mail\t'not-an-address' is not a valid email address", preview)
+    assert person_state(live.app, "amelie.roux") is None  # nothing written yet
+    assert axe_findings(page) == []
+    screenshot(page, "import-preview")
+    page.get_by_role("button", name="Apply: create 2 people").click()
+    expect(page.get_by_role("heading", name="Created")).to_be_visible()
+    assert person_state(live.app, "amelie.roux")[:3] == (True, "primary", "intranet")
+    assert person_state(live.app, "sean.obrien")[0] is True
+    assert usage(live.app)["intranet"] == 55
+
+
+def test_download_the_export_and_read_it_back(live, page):
+    import csv
+    import io
+
+    log_in(page, live, "peopleadmin")
+    page.goto(f"{live.url}/admin/licenses/people")
+    page.get_by_role("link", name="Export to CSV…").click()
+    assert axe_findings(page) == []
+    screenshot(page, "export")
+    page.get_by_label("Email").check()
+    page.get_by_label("UTF-8 with a byte-order mark (for Excel)").check()
+    with page.expect_download() as download_info:
+        page.get_by_role("button", name="Download CSV").click()
+    download = download_info.value
+    assert re.fullmatch(
+        r"intranet\.example\.com-people-\d{4}-\d{2}-\d{2}\.csv", download.suggested_filename
+    )
+    data = download.path().read_bytes()
+    assert data.startswith(b"\xef\xbb\xbfUsername,First name,Surname,ID,Account state,Email\r\n")
+    rows = list(csv.reader(io.StringIO(data.decode("utf-8-sig"), newline="")))
+    assert rows[1][:6] == ["admin", "Intranet", "Administrator", "1", "Yes", "admin@example.com"]
+    assert len(rows) == 1 + 64  # every profile, the administrator and blocked ones included
+    assert sum(1 for row in rows[1:] if row[4] == "No") == 5
