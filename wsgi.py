@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from urllib.parse import urlsplit
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -159,6 +160,13 @@ def create_app(test_config: dict | None = None, instance_path: str | None = None
     return app
 
 
+def _local_target(target: str) -> str:
+    """``next`` only when it is a path on this site (no scheme, no host, no ``//``)."""
+    parts = urlsplit(target)
+    local = target.startswith("/") and not target.startswith("//") and "\\" not in target
+    return target if local and not parts.scheme and not parts.netloc else url_for("index")
+
+
 def _read(path: Path) -> str | None:
     return path.read_text().strip() if path.exists() else None
 
@@ -202,8 +210,7 @@ def _routes(app: Flask) -> None:
                 session["user_id"] = user.id
                 user.last_login_at = utcnow()
                 db.session.commit()
-                target = request.args.get("next", "")
-                return redirect(target if target.startswith("/") else url_for("index"))
+                return redirect(_local_target(request.args.get("next", "")))
         return _login_page(form)
 
     def _login_page(form, sso_form=None, refusal=None):

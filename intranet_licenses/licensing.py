@@ -151,6 +151,8 @@ def validity_sentence(current: Current) -> str:
 
 def fetch(url: str, *, timeout: float = 10) -> str:
     """Download a license text from ``url``; LicenseFetchError says what went wrong."""
+    if not url.lower().startswith(("https://", "http://")):
+        raise LicenseFetchError(f"{url} is not an http:// or https:// address.")
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             raw = response.read(MAX_LICENSE_BYTES + 1)

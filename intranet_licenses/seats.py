@@ -642,7 +642,11 @@ def block(session, user, *, reason: str = BLOCKED_BY_ADMIN, actor: str, now: dat
     profile = profile_of(session, user)
     username = ad.get(user, "username")
     if profile.exempt:
-        raise PersonError("The administrator account cannot be blocked.")
+        refusal = PersonError("The administrator account cannot be blocked.")
+        _refused(
+            session, refusal, actor=actor, action="block", path=path, subject=username, now=now
+        )
+        raise refusal
     if not ad.get(user, "active") and profile.block_reason == reason:
         return
     inspect(user).info["licenses_path"] = path
@@ -691,7 +695,11 @@ def delete(session, user, *, actor: str, now: datetime, path: str) -> None:
     profile = profile_of(session, user)
     username = ad.get(user, "username")
     if profile.exempt:
-        raise PersonError("The administrator account cannot be deleted.")
+        refusal = PersonError("The administrator account cannot be deleted.")
+        _refused(
+            session, refusal, actor=actor, action="delete", path=path, subject=username, now=now
+        )
+        raise refusal
     inspect(user).info["licenses_path"] = path
     pool = profile.pool
     session.delete(user)

@@ -6,6 +6,7 @@ import json
 import secrets
 import time
 import uuid
+from urllib.parse import urlsplit
 
 from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 from markupsafe import Markup
@@ -224,7 +225,13 @@ def people_page():
 
 
 def _back_to_people():
-    return redirect(request.form.get("next") or url_for(".people_page"))
+    """Back to the People page the form came from (only a path under this blueprint)."""
+    target = request.form.get("next", "")
+    people = url_for(".people_page")
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not target.startswith(people) or "\\" in target:
+        target = people
+    return redirect(target)
 
 
 def _run(action, success: str):

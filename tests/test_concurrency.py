@@ -18,16 +18,16 @@ ATTEMPTS = 400
 SEATS = 100
 
 
-def _attempts(args):
-    """One worker process: its share of the attempts; returns (admitted, refused, errors)."""
-    database_uri, config, worker, count, start_at = args
+def _attempts(args, barrier, results):
+    """One worker process: its share of the attempts; puts (admitted, refused, errors)."""
+    database_uri, config, worker, count = args
     app = wsgi.create_app({**config, "SQLALCHEMY_DATABASE_URI": database_uri})
     admitted = refused = 0
     errors: list[str] = []
     with app.app_context():
         session = wsgi.db.session
-        while time.time() < start_at:  # start together
-            time.sleep(0.001)
+        session.execute(sa.select(1))  # connected before the start
+        barrier.wait(timeout=120)  # every worker starts at once
         for attempt in range(count):
             try:
                 seats.add_person(
@@ -49,7 +49,7 @@ def _attempts(args):
                 session.rollback()
                 errors.append(f"{type(exc).__name__}: {exc}")
         wsgi.db.engine.dispose()
-    return admitted, refused, errors
+    results.put((admitted, refused, errors))
 
 
 def _prepare(database_uri, vendor_key, make_license, tmp_path):
@@ -69,21 +69,33 @@ def _race(app, config, database_uri):
     """Run the workers while sampling the counter; returns results and the highest reading."""
     engine = sa.create_engine(database_uri.replace("postgresql://", "postgresql+psycopg://", 1))
     context = multiprocessing.get_context("spawn")
-    start_at = time.time() + 4
     share = ATTEMPTS // PROCESSES
-    jobs = [(database_uri, config, worker, share, start_at) for worker in range(PROCESSES)]
+    barrier = context.Barrier(PROCESSES)
+    queue = context.Queue()
+    workers = [
+        context.Process(
+            target=_attempts, args=((database_uri, config, worker, share), barrier, queue)
+        )
+        for worker in range(PROCESSES)
+    ]
+    for process in workers:
+        process.start()
     highest = 0
-    with context.Pool(PROCESSES) as pool:
-        pending = pool.map_async(_attempts, jobs)
-        while not pending.ready():
-            with engine.connect() as conn:
-                used = conn.execute(
-                    sa.select(SeatCounter.used).where(SeatCounter.pool == "intranet")
-                ).scalar_one()
-            highest = max(highest, used)
-            time.sleep(0.01)
-        results = pending.get(timeout=300)
+    results = []
+    deadline = time.time() + 300
+    while len(results) < PROCESSES and time.time() < deadline:
+        with engine.connect() as conn:
+            used = conn.execute(
+                sa.select(SeatCounter.used).where(SeatCounter.pool == "intranet")
+            ).scalar_one()
+        highest = max(highest, used)
+        while not queue.empty():
+            results.append(queue.get())
+        time.sleep(0.01)
+    for process in workers:
+        process.join(timeout=60)
     engine.dispose()
+    assert len(results) == PROCESSES, "a worker did not finish"
     return results, highest
 
 

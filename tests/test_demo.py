@@ -100,3 +100,17 @@ def test_seed_demo_if_empty_leaves_a_seeded_demo_alone(demo):
     client = demo.test_client()
     response = client.post("/login", data={"username": "admin", "password": "s3cret pass"})
     assert response.status_code == 302
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [("//evil.example/x", "/"), ("https://evil.example/", "/"), ("/documents/1", "/documents/1")],
+)
+def test_login_only_follows_next_on_this_site(demo, target, expected):
+    client = demo.test_client()
+    response = client.post(
+        "/login",
+        query_string={"next": target},
+        data={"username": "jennifer", "password": "s3cret pass"},
+    )
+    assert response.headers["Location"] == expected

@@ -278,3 +278,19 @@ def test_cli_block_unblock_move_delete_and_activate(app, runner, make_person, in
     make_person("patient", blocked=AWAITING_LICENSE)
     activated = runner.invoke(args=["licenses", "people", "activate-waiting"])
     assert activated.output.strip() == "Activated 1; 0 still waiting for a license."
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        ("https://evil.example/phish", "/admin/licenses/people"),
+        ("//evil.example/x", "/admin/licenses/people"),
+        ("/\\evil.example/x", "/admin/licenses/people"),
+        ("/somewhere/else", "/admin/licenses/people"),
+        ("/admin/licenses/people?q=jen", "/admin/licenses/people?q=jen"),
+    ],
+)
+def test_the_way_back_only_goes_to_the_people_page(app, client, peopleadmin, target, expected):
+    response = client.post(f"{PEOPLE}/{user_id(app, 'jennifer')}/block", data={"next": target})
+    assert response.status_code == 302
+    assert response.headers["Location"] == expected

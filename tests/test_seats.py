@@ -152,6 +152,8 @@ def test_the_administrator_account_never_counts_and_cannot_be_blocked_or_deleted
     with pytest.raises(seats.PersonError, match="administrator account cannot be deleted"):
         act(app, seats.delete, "admin")
     assert person_state(app, "admin")[0] is True
+    refused = [row[:3] for row in audit_rows(app) if row[2] == "refused"]
+    assert refused == [("block", "admin", "refused"), ("delete", "admin", "refused")]
 
 
 def test_unlimited_never_refuses(app, install_license):
