@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import os
 import secrets
-from urllib.parse import urlsplit
 from datetime import UTC, date, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import click
 from flask import Flask, abort, flash, g, redirect, render_template, request, session, url_for

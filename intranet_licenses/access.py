@@ -69,8 +69,9 @@ def login_refusal(user) -> LoginRefusal | None:
     if profile is not None and profile.block_reason == AWAITING_LICENSE:
         return LoginRefusal(
             "waiting",
-            "Your account is waiting for a free license. It will be activated as soon as "
-            f"a seat is free; nothing needs to be done on your side. If it is urgent, ask {who}.",
+            "Your account is waiting for a free license. A People administrator activates "
+            "waiting accounts, oldest first, when seats are free (a directory sync does it "
+            f"too); nothing needs to be done on your side. If it is urgent, ask {who}.",
         )
     if profile is not None and profile.block_reason == BLOCKED_BY_DIRECTORY:
         return LoginRefusal(

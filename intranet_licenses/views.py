@@ -221,6 +221,7 @@ def people_page():
         reasons=BLOCK_REASONS,
         add_form=add_form,
         action_form=ConfirmForm(),
+        directory_configured=bool(config("LDAP_URL")),
     )
 
 
@@ -795,6 +796,11 @@ def export_people():
     form = _export_form()
     if request.method == "GET":
         form.columns.data = ["account_state"]
+        # Reached from the People page: start from its filters.
+        if request.args.get("state") in ("active", "blocked"):
+            form.state.data = request.args["state"]
+        if request.args.get("area") in seats.areas():
+            form.area.data = request.args["area"]
         return render_template("licenses/export.html", form=form)
     if not form.validate_on_submit():
         problems = "; ".join(

@@ -199,7 +199,7 @@ def test_the_summary_page_and_the_cli_show_the_database_figures(
     line = "Number of Users 6 (3 in intranet area), excluding the administrator account"
     page = text_of(client.get("/admin/licenses/summary"))
     assert line in page
-    assert "Extranet pool: 2 in use of 20" in page
+    assert "Extranet pool: 2 of 20 in use" in page
     assert "Number of Documents 0 (0 including versions)" in page
     result = runner.invoke(args=["licenses", "status"])
     assert result.exit_code == 0
