@@ -328,6 +328,8 @@ def _reconcile(session, flush_context, instances) -> None:
                 profile.seat_pool = None
                 session.add(profile)
             _refresh_keys(ad, user, profile)
+            # Exactly the account named LICENSES_ADMIN_USERNAME is exempt, also after renames.
+            profile.exempt = profile.username_key == _key(config("ADMIN_USERNAME"))
             active = bool(ad.get(user, "active"))
             profile.pool = pool_for(profile.area, profile.readonly)
             want = profile.pool if active and not profile.exempt else None
@@ -340,7 +342,9 @@ def _reconcile(session, flush_context, instances) -> None:
                     changes.append(_Change(user, profile, profile.seat_pool, None))
                     session.delete(profile)
 
-    _move_counters(session, changes, now)
+    _read_held_seats(session, changes)
+    if not session.info.get("licenses_recounting"):
+        _move_counters(session, changes, now)
 
     # All seats were granted: record what each profile holds now.
     for change in changes:
@@ -354,6 +358,32 @@ def _reconcile(session, flush_context, instances) -> None:
                 profile.block_reason = BLOCKED_BY_ADMIN
         _record_host_change(session, change, now)
     session.info["licenses_new_profiles"] = new_profiles
+
+
+def _read_held_seats(session, changes: list[_Change]) -> None:
+    """Lock the profiles this flush changes and read the seat each one holds now.
+
+    Two requests may act on the same person at once (a double click on Block, two
+    administrators moving someone). Each loaded the profile before the other committed, so
+    the seat it remembers may be gone already. Touching the rows first takes their locks
+    (PostgreSQL row locks; SQLite's write lock), so the read that follows sees the other
+    request's committed change and the counters move by the real difference only.
+    """
+    ids = [
+        change.profile.user_id
+        for change in changes
+        if change.profile is not None and inspect(change.profile).persistent
+    ]
+    if not ids:
+        return
+    table = Profile.__table__
+    conn = session.connection()
+    conn.execute(update(table).where(table.c.user_id.in_(ids)).values(seat_pool=table.c.seat_pool))
+    rows = conn.execute(select(table.c.user_id, table.c.seat_pool).where(table.c.user_id.in_(ids)))
+    held = {user_id: seat_pool for user_id, seat_pool in rows}
+    for change in changes:
+        if change.profile is not None and change.profile.user_id in held:
+            change.held = held[change.profile.user_id]
 
 
 def _move_counters(session, changes: list[_Change], now: datetime) -> None:
@@ -816,10 +846,16 @@ def recount(session, *, actor: str, now: datetime) -> list[str]:
         findings.append(f"Removed {removed} profiles whose user no longer exists.")
 
     wrong = 0
+    exemptions = 0
+    admin_key = _key(config("ADMIN_USERNAME"))
     rows = session.execute(
         select(Profile, ad.column("active")).join(ad.model, id_col == Profile.user_id)
     )
     for profile, active in rows:
+        exempt = profile.username_key == admin_key
+        if profile.exempt != exempt:
+            profile.exempt = exempt
+            exemptions += 1
         want = profile.pool if active and not profile.exempt else None
         if profile.seat_pool != want:
             profile.seat_pool = want
@@ -829,11 +865,19 @@ def recount(session, *, actor: str, now: datetime) -> list[str]:
             profile.waiting_since = None
         if not active and not profile.block_reason:
             profile.block_reason = BLOCKED_BY_ADMIN
+    if exemptions:
+        findings.append(
+            f"Corrected {exemptions} profiles marked wrongly as the administrator account "
+            f"(only '{config('ADMIN_USERNAME')}' never takes a seat)."
+        )
     if wrong:
         findings.append(f"Corrected the seat of {wrong} profiles.")
-    # Each profile's seat_pool now says what it should hold, so the flush moves no counter;
-    # the counters are then rewritten from the profiles.
-    _flush(session, now)
+    # The counters are rewritten from the profiles below, so this flush moves none.
+    session.info["licenses_recounting"] = True
+    try:
+        _flush(session, now)
+    finally:
+        session.info.pop("licenses_recounting", None)
     conn = session.connection()
 
     actual = dict(

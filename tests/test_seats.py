@@ -333,3 +333,97 @@ def test_recount_finds_and_repairs_a_counter_changed_behind_its_back(app, runner
     assert usage(app)["intranet"] == 2
     result = runner.invoke(args=["licenses", "recount"])
     assert "nothing was repaired" in result.output
+
+
+# Two requests acting on the same person at once ------------------------------------------
+
+
+def _two_sessions(app):
+    from sqlalchemy.orm import Session
+
+    engine = wsgi.db.engine
+    return Session(bind=engine), Session(bind=engine)
+
+
+def _loaded(session, username):
+    """The user, with its profile loaded and kept (the session's identity map is weak)."""
+    user = session.scalar(sa.select(wsgi.User).where(wsgi.User.username == username))
+    session.info["kept_profile"] = seats.profile_of(session, user)
+    return user
+
+
+@pytest.mark.parametrize("action", ["block", "unblock", "activate", "move"])
+def test_the_same_action_twice_at_once_moves_the_counter_once(app, install_license, action):
+    install_license(intranet=10, extranet=10)
+    add(app, "twice")
+    add(app, "other")
+    if action in ("unblock", "activate"):
+        reason = BLOCKED_BY_ADMIN if action == "unblock" else AWAITING_LICENSE
+        act(app, seats.block, "twice", reason=reason)
+    with app.app_context():
+        first, second = _two_sessions(app)
+        users = [_loaded(first, "twice"), _loaded(second, "twice")]  # both load the old state
+        for session, user in zip((first, second), users, strict=True):
+            if action == "block":
+                seats.block(session, user, actor="t", now=utcnow(), path="test")
+            elif action == "move":
+                seats.move(
+                    session, user, area="partners", readonly=False, actor="t", now=utcnow(),
+                    path="test",
+                )  # fmt: skip
+            else:
+                seats.unblock(session, user, actor="t", now=utcnow(), path="test")
+            session.commit()
+            session.close()
+        findings = seats.recount(wsgi.db.session, actor="t", now=utcnow())
+        wsgi.db.session.rollback()
+    assert findings == []  # the counters match the profiles: nothing drifted
+    expected = {
+        "block": {"intranet": 1, "extranet": 0, "readonly": 0},
+        "unblock": {"intranet": 2, "extranet": 0, "readonly": 0},
+        "activate": {"intranet": 2, "extranet": 0, "readonly": 0},
+        "move": {"intranet": 1, "extranet": 1, "readonly": 0},
+    }[action]
+    assert usage(app) == expected
+
+
+def test_two_moves_of_one_person_to_different_pools_at_once(app, install_license):
+    install_license(intranet=10, extranet=10, readonly=10)
+    add(app, "mover")
+    with app.app_context():
+        first, second = _two_sessions(app)
+        a, b = _loaded(first, "mover"), _loaded(second, "mover")
+        seats.move(first, a, area="partners", readonly=False, actor="t", now=utcnow(), path="t")
+        first.commit()
+        seats.move(second, b, area="primary", readonly=True, actor="t", now=utcnow(), path="t")
+        second.commit()
+        first.close()
+        second.close()
+    active, area, pool, _reason, seat_pool = person_state(app, "mover")
+    assert active and pool == seat_pool == seats.pool_for(area, True) == "readonly"
+    assert usage(app) == {"intranet": 0, "extranet": 0, "readonly": 1}
+    with app.app_context():
+        assert seats.recount(wsgi.db.session, actor="t", now=utcnow()) == []
+        wsgi.db.session.rollback()
+
+
+def test_renaming_the_administrator_account_does_not_make_a_free_account(app, install_license):
+    install_license(intranet=1)
+    with app.app_context():
+        session = wsgi.db.session
+        admin = session.scalar(sa.select(wsgi.User).where(wsgi.User.username == "admin"))
+        admin.username = "root"
+        session.commit()  # root now takes the one seat
+        session.add(wsgi.User(username="admin", first_name="New", surname="Admin", active=True))
+        session.commit()  # the new 'admin' is the exempt account
+        clone = session.scalar(sa.select(wsgi.User).where(wsgi.User.username == "admin"))
+        clone.username = "admin_clone"
+        with pytest.raises(seats.SeatLimitExceeded):
+            session.commit()  # no longer the administrator: it needs a seat, none is free
+        session.rollback()
+        findings = seats.recount(session, actor="t", now=utcnow())
+        session.rollback()
+    assert findings == []
+    assert person_state(app, "root")[4] == "intranet"
+    assert person_state(app, "admin")[4] is None
+    assert usage(app)["intranet"] == 1
