@@ -195,8 +195,11 @@ def _routes(app: Flask) -> None:
     def login():
         form = LoginForm()
         if form.validate_on_submit():
-            user = db.session.scalar(
-                select(User).where(func.lower(User.username) == form.username.data.lower())
+            typed = form.username.data
+            user = (
+                db.session.scalar(select(User).where(func.lower(User.username) == typed.lower()))
+                if typed.isprintable()
+                else None
             )
             if user is None or not check_password_hash(
                 user.password_hash or "", form.password.data

@@ -485,14 +485,21 @@ def _parse_expires(value: str) -> date | None:
         ) from None
 
 
+#: The largest seat limit a license may name (the seat counters are 32-bit integers).
+MAX_LIMIT = 2_147_483_647
+
+
 def _parse_limit(key: str, value: str) -> int | None:
     if value.isascii() and value.lower() == "unlimited":
         return None
     if _NUMBER.fullmatch(value):
         try:
-            return int(value)
+            number = int(value)
         except ValueError:  # more digits than int() accepts
             raise ValueError(f"{key} is too large") from None
+        if number > MAX_LIMIT:
+            raise ValueError(f"{key} is larger than {MAX_LIMIT:,}; write Unlimited instead")
+        return number
     raise ValueError(f"{key} must be a whole number or Unlimited, not {_quote(value)}")
 
 

@@ -70,7 +70,7 @@ def _prefix(column, text: str):
 
 def search_filter(text: str):
     """Case-insensitive prefix search on username, first name, surname and email."""
-    text = text.strip().lower()
+    text = "".join(ch for ch in text if ch.isprintable()).strip().lower()[:255]
     keys = (Profile.username_key, Profile.first_name_key, Profile.surname_key, Profile.email_key)
     return or_(*(_prefix(key, text) for key in keys))
 

@@ -28,6 +28,7 @@ ORM is held to the same rule (the "safety net"); raw SQL is not seen (see the RE
 
 from __future__ import annotations
 
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
@@ -216,7 +217,8 @@ def install_safety_net() -> None:
 
 
 def _key(value) -> str:
-    return (value or "").strip().lower()
+    """A lower-cased search key; cut to the column's 255 characters (some letters grow)."""
+    return (value or "").strip().lower()[:255]
 
 
 def _identity_changed(ad, user) -> bool:
@@ -498,7 +500,7 @@ def find_person(session, username: str):
 
 
 def get_person(session, user_id: int):
-    user = session.get(adapter().model, user_id)
+    user = session.get(adapter().model, user_id) if 0 < user_id < 2**31 else None
     if user is None:
         raise PersonError(f"There is no person with ID {user_id}; they may have been deleted.")
     return user
@@ -530,6 +532,13 @@ def check_person_fields(username: str, first_name: str, surname: str, email: str
     email = (email or "").strip()
     if not username:
         raise PersonError("A username is required.")
+    for label, value in (("username", username), ("first name", first_name),
+                         ("surname", surname), ("email", email)):  # fmt: skip
+        if any(unicodedata.category(ch) == "Cc" for ch in value):
+            raise PersonError(
+                f"The {label} of '{username}' contains a control character (such as a "
+                "line break or a NUL byte); remove it and try again."
+            )
     if any(ch.isspace() for ch in username) or len(username) > 255:
         raise PersonError(
             f"The username '{username}' is not usable: use up to 255 characters, no spaces."

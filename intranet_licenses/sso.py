@@ -66,6 +66,12 @@ def sign_in(
             "The sign-in service did not say who you are (no username). "
             f"Ask {access.whom_to_ask()} to check the single sign-on setup.",
         )
+    if not username.isprintable() or len(username) > 255:
+        raise SignInRefused(
+            "invalid",
+            "The sign-in service sent a username that cannot be used (a control character "
+            f"or more than 255 characters). Ask {access.whom_to_ask()} to check it.",
+        )
     user = _existing(session, username)
     if user is not None:
         return user

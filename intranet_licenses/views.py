@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 from markupsafe import Markup
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from . import access, csv_import, license_requests, licensing, notifications, people, seats
@@ -184,7 +184,9 @@ def summary():
 
 def _int_arg(name: str) -> int | None:
     value = request.args.get(name, "")
-    return int(value) if value.isascii() and value.isdigit() else None
+    if not (value.isascii() and value.isdigit() and len(value) < 11):
+        return None
+    return int(value) if int(value) < 2**31 else None
 
 
 @bp.get("/people")
@@ -240,11 +242,20 @@ def _run(action, success: str):
     session = _session()
     try:
         action(session)
+        session.commit()
     except seats.SeatError as refusal:
         session.commit()  # keeps the audit record of the refusal, nothing else changed
         flash(_refusal_message(refusal), "error")
         return False
-    session.commit()
+    except IntegrityError:
+        # Another request wrote the same person at the same moment (a double click).
+        session.rollback()
+        flash(
+            "Nothing was changed: someone else changed this person at the same moment. "
+            "Reload the page to see the current state.",
+            "error",
+        )
+        return False
     flash(success, "success")
     return True
 
@@ -296,8 +307,10 @@ def _person_action(user_id: int, service, success: str, **kwargs):
 
 
 def _username(session, user_id: int) -> str:
-    user = session.get(adapter().model, user_id)
-    return adapter().get(user, "username") if user is not None else f"ID {user_id}"
+    try:
+        return adapter().get(seats.get_person(session, user_id), "username")
+    except seats.PersonError:
+        return f"ID {user_id}"
 
 
 @bp.post("/people/<int:user_id>/block")
@@ -334,9 +347,10 @@ def move_person(user_id: int):
 def delete_person(user_id: int):
     session = _session()
     if request.method == "GET":
-        user = session.get(adapter().model, user_id)
-        if user is None:
-            flash(f"There is no person with ID {user_id}; they may have been deleted.", "error")
+        try:
+            user = seats.get_person(session, user_id)
+        except seats.PersonError as problem:
+            flash(str(problem), "error")
             return redirect(url_for(".people_page"))
         return render_template(
             "licenses/delete.html",
@@ -736,6 +750,9 @@ def import_apply(token: str):
             path="page",
         )
         session.commit()  # the people, or (after a refusal) only the audit record
+    except FileNotFoundError:  # a second click: the first one applied and removed it
+        session.rollback()
+        return _upload_gone()
     except csv_import.ImportFileError as problem:
         session.rollback()
         _discard_upload(token)

@@ -805,3 +805,14 @@ def test_license_is_a_frozen_value(public_keys, license_text):
     with pytest.raises(AttributeError):
         license.text = "changed"
     assert isinstance(license, License)
+
+
+def test_a_limit_beyond_the_counters_range_is_malformed(private_key, public_keys):
+    from intranet_licenses.license_file import MAX_LIMIT
+
+    text = sign_text(fields_with(MAX_USERS=str(MAX_LIMIT)), private_key)
+    assert load_license(text, public_keys).limit("MAX_USERS") == MAX_LIMIT
+    too_big = dict(fields_with(MAX_USERS="99999999999999999999"))
+    body = "".join(f"{key}: {value}\n" for key, value in too_big.items())
+    with pytest.raises(MalformedLicense, match="write Unlimited instead"):
+        load_license(sign_raw(body, private_key), public_keys)

@@ -294,3 +294,23 @@ def test_the_way_back_only_goes_to_the_people_page(app, client, peopleadmin, tar
     response = client.post(f"{PEOPLE}/{user_id(app, 'jennifer')}/block", data={"next": target})
     assert response.status_code == 302
     assert response.headers["Location"] == expected
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"after": "-1", "before": "99999999999999999999"},
+        {"after": "9223372036854775808"},
+        {"q": "a\x00b"},
+        {"before": "2147483648"},
+    ],
+)
+def test_junk_in_the_query_string_is_never_a_500(client, peopleadmin, query):
+    assert client.get(PEOPLE, query_string=query).status_code == 200
+
+
+def test_an_id_out_of_range_is_not_found(client, peopleadmin):
+    page = text_of(client.post(f"{PEOPLE}/2147483648/block", follow_redirects=True))
+    assert "There is no person with ID 2147483648" in page
+    page = text_of(client.get(f"{PEOPLE}/2147483648/delete", follow_redirects=True))
+    assert "There is no person with ID 2147483648" in page

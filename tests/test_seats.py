@@ -427,3 +427,13 @@ def test_renaming_the_administrator_account_does_not_make_a_free_account(app, in
     assert person_state(app, "root")[4] == "intranet"
     assert person_state(app, "admin")[4] is None
     assert usage(app)["intranet"] == 1
+
+
+def test_control_characters_and_long_lowercase_names_are_handled(app):
+    with pytest.raises(seats.PersonError, match="contains a control character"):
+        add(app, "nul\x00name")
+    with pytest.raises(seats.PersonError, match="first name of 'tab' contains a control"):
+        add(app, "tab", first_name="A\tB")
+    long_name = "İ" * 255  # lower-cases to 510 characters
+    add(app, "dotted", first_name=long_name)
+    assert person_state(app, "dotted")[0] is True
