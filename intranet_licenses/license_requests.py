@@ -6,7 +6,6 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
-from flask import current_app
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
@@ -252,11 +251,7 @@ def render(session, request: LicenseRequest, now: datetime) -> tuple[str, str, s
         "usage": [(pool, used.get(pool, 0), limits[pool]) for pool in POOLS],
         "now": now,
     }
-    env = current_app.jinja_env
-    subject = env.get_template("licenses/mail/request_subject.txt").render(context)
-    text = env.get_template("licenses/mail/request.txt").render(context)
-    html = env.get_template("licenses/mail/request.html").render(context)
-    return " ".join(subject.split()), text, html
+    return outbox.render("request", context)
 
 
 def history(session, limit: int = 50) -> list[LicenseRequest]:

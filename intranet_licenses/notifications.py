@@ -446,11 +446,7 @@ def render_exceeded(session, pools: list[PoolLine], now: datetime) -> tuple[str,
         "people_url": external_url("licenses.people_page"),
         "max_usernames": MAX_USERNAMES,
     }
-    env = current_app.jinja_env
-    subject = env.get_template("licenses/mail/exceeded_subject.txt").render(context)
-    text = env.get_template("licenses/mail/exceeded.txt").render(context)
-    html = env.get_template("licenses/mail/exceeded.html").render(context)
-    return " ".join(subject.split()), text, html
+    return outbox.render("exceeded", context)
 
 
 # An expired license, noticed once -----------------------------------------------------------

@@ -50,6 +50,15 @@ BACKOFF_START = timedelta(minutes=1)
 BACKOFF_MAX = timedelta(hours=6)
 
 
+def render(name: str, context: dict) -> tuple[str, str, str]:
+    """Subject, text and HTML of ``licenses/mail/NAME*`` (templates a host can override)."""
+    env = current_app.jinja_env
+    subject = env.get_template(f"licenses/mail/{name}_subject.txt").render(context)
+    text = env.get_template(f"licenses/mail/{name}.txt").render(context)
+    html = env.get_template(f"licenses/mail/{name}.html").render(context)
+    return " ".join(subject.split()), text, html
+
+
 def backoff(attempts: int) -> timedelta:
     """How long to wait after ``attempts`` failed attempts."""
     return min(BACKOFF_START * 2 ** max(attempts - 1, 0), BACKOFF_MAX)

@@ -131,15 +131,20 @@ def install_license():
     if not text.strip():
         flash("Choose a license file or paste the license text.", "error")
         return redirect(url_for(".license_page"))
+    return _install(text, path="page", done="The new license is installed.")
+
+
+def _install(text: str, *, path: str, done: str, refused: str = ""):
+    """Install ``text``, commit (also a refusal's audit record), flash, back to the page."""
     session = _session()
     try:
-        licensing.install(session, text, actor=access.actor(), now=utcnow(), path="page")
+        licensing.install(session, text, actor=access.actor(), now=utcnow(), path=path)
     except licensing.LicenseRefused as refusal:
         session.commit()
-        flash(str(refusal), "error")
+        flash(f"{refused}{refusal}", "error")
         return redirect(url_for(".license_page"))
     session.commit()
-    flash("The new license is installed.", "success")
+    flash(done, "success")
     return redirect(url_for(".license_page"))
 
 
@@ -150,20 +155,17 @@ def fetch_license():
     if not ConfirmForm().validate_on_submit() or not url:
         flash("No license server is configured (LICENSES_FETCH_URL).", "error")
         return redirect(url_for(".license_page"))
-    session = _session()
     try:
         text = licensing.fetch(url)
-        licensing.install(session, text, actor=access.actor(), now=utcnow(), path="fetch")
     except licensing.LicenseFetchError as problem:
         flash(f"{problem} The license in force was not changed.", "error")
         return redirect(url_for(".license_page"))
-    except licensing.LicenseRefused as refusal:
-        session.commit()
-        flash(f"The fetched license was refused: {refusal}", "error")
-        return redirect(url_for(".license_page"))
-    session.commit()
-    flash("A new license was fetched and installed.", "success")
-    return redirect(url_for(".license_page"))
+    return _install(
+        text,
+        path="fetch",
+        done="A new license was fetched and installed.",
+        refused="The fetched license was refused: ",
+    )
 
 
 @bp.get("/summary")
