@@ -94,6 +94,11 @@ def _area_choices():
 @bp.get("/")
 @role_required(SYSADMIN)
 def license_page():
+    return _render_license()
+
+
+def _render_license(responsible_form=None, responsible_problem=None, status: int = 200):
+    """The License page; after a refused address, with what was typed and why."""
     session = _session()
     now = utcnow()
     current = licensing.current(session, now.date())
@@ -106,10 +111,11 @@ def license_page():
         fetch_url=config("FETCH_URL"),
         fetch_form=ConfirmForm(),
         notify=notifications.page_info(session),
-        responsible_form=ResponsiblePersonForm(),
+        responsible_form=responsible_form or ResponsiblePersonForm(formdata=None),
+        responsible_problem=responsible_problem,
         license_requests=license_requests.history(session),
         request_action_form=ConfirmForm(),
-    )
+    ), status
 
 
 @bp.post("/install")
@@ -194,6 +200,11 @@ def _int_arg(name: str) -> int | None:
 @bp.get("/people")
 @role_required(PEOPLE_ADMIN)
 def people_page():
+    return _render_people()
+
+
+def _render_people(add_form=None, add_problem=None, status: int = 200):
+    """The People page; after a refused "Add one person", with its values and the reason."""
     session = _session()
     filters = {
         "search": request.args.get("q", "").strip() or None,
@@ -213,8 +224,9 @@ def people_page():
         size=config("PAGE_SIZE"),
         **filters,
     )
-    add_form = AddPersonForm()
-    add_form.area.choices = _area_choices()
+    if add_form is None:
+        add_form = AddPersonForm(formdata=None)
+        add_form.area.choices = _area_choices()
     return render_template(
         "licenses/people.html",
         listing=listing,
@@ -226,7 +238,8 @@ def people_page():
         add_form=add_form,
         action_form=ConfirmForm(),
         directory_configured=bool(config("LDAP_URL")),
-    )
+        add_problem=add_problem,
+    ), status
 
 
 def _back_to_people():
@@ -268,14 +281,17 @@ def add_person():
     form = AddPersonForm()
     form.area.choices = _area_choices()
     if not form.validate_on_submit():
-        problems = "; ".join(
-            f"{getattr(form, name).label.text}: {' '.join(errors)}"
-            for name, errors in form.errors.items()
-        )
-        flash(f"The person was not added. {problems}", "error")
-        return _back_to_people()
-    _run(
-        lambda session: seats.add_person(
+        if "csrf_token" in form.errors:
+            problem = "The form expired; please send it again."
+        else:
+            problem = "The person was not added. " + "; ".join(
+                f"{getattr(form, name).label.text}: {' '.join(errors)}"
+                for name, errors in form.errors.items()
+            )
+        return _render_people(form, problem, 400)
+    session = _session()
+    try:
+        seats.add_person(
             session,
             username=form.username.data,
             first_name=form.first_name.data,
@@ -287,9 +303,16 @@ def add_person():
             path="page",
             actor=access.actor(),
             now=utcnow(),
-        ),
-        f"{form.username.data.strip()} was added and is active.",
-    )
+        )
+        session.commit()
+    except seats.SeatError as refusal:
+        session.commit()  # keeps the audit record of the refusal, nothing else changed
+        return _render_people(form, _refusal_message(refusal), 409)
+    except IntegrityError:  # the same username added at the same moment (a double click)
+        session.rollback()
+        problem = f"{form.username.data.strip()} was added at the same moment by someone else."
+        return _render_people(form, problem, 409)
+    flash(f"{form.username.data.strip()} was added and is active.", "success")
     return _back_to_people()
 
 
@@ -446,8 +469,7 @@ def set_responsible_person():
             session, form.email.data, actor=access.actor(), now=utcnow(), path="page"
         )
     except notifications.AddressError as problem:
-        flash(f"The Responsible person was not changed. {problem}", "error")
-        return redirect(url_for(".license_page"))
+        return _render_license(form, f"The Responsible person was not changed. {problem}", 400)
     session.commit()
     if old == new:
         flash(f"The Responsible person stays {new}.", "success")

@@ -77,7 +77,7 @@ def test_each_role_gets_its_pages_and_a_403_elsewhere(
     response = _call(client, endpoint, jennifer_id)
     role = ROUTES[endpoint][2]
     if role in ROLES[account]:
-        assert response.status_code in (200, 302)
+        assert response.status_code in (200, 302, 400, 409)  # served: a page, or the form back
         if response.status_code == 302:
             assert not response.headers["Location"].startswith("/login")
     else:

@@ -278,6 +278,7 @@ def test_set_the_responsible_person(live, page):
     page.get_by_role("button", name="Save").click()
     assert "The Responsible person was not changed." in flash_text(page)
     field = page.get_by_label("Email address of the Responsible person")
+    expect(field).to_have_value("Licenses <it@example.com>")  # what was typed stays
     field.fill("it-licenses@example.com")
     page.get_by_role("button", name="Save").click()
     assert "The Responsible person is now it-licenses@example.com" in flash_text(page)
@@ -361,3 +362,16 @@ def test_download_the_export_and_read_it_back(live, page):
     assert rows[1][:6] == ["admin", "Intranet", "Administrator", "1", "Yes", "admin@example.com"]
     assert len(rows) == 1 + 64  # every profile, the administrator and blocked ones included
     assert sum(1 for row in rows[1:] if row[4] == "No") == 5
+
+
+def test_a_refused_addition_keeps_the_form_and_says_why_beside_it(live, page):
+    log_in(page, live, "peopleadmin")
+    page.goto(f"{live.url}/admin/licenses/people")
+    page.get_by_label("Username", exact=True).fill("jennifer")  # taken already
+    page.get_by_label("First name").fill("Jenny")
+    page.get_by_label("Surname").fill("Again")
+    page.get_by_role("button", name="Add person").click()
+    add_section = page.locator("section[aria-labelledby=add-heading]")
+    expect(add_section.locator(".lic-message")).to_contain_text("already exists")
+    expect(page.get_by_label("First name")).to_have_value("Jenny")
+    assert axe_findings(page) == []

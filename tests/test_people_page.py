@@ -314,3 +314,25 @@ def test_an_id_out_of_range_is_not_found(client, peopleadmin):
     assert "There is no person with ID 2147483648" in page
     page = text_of(client.get(f"{PEOPLE}/2147483648/delete", follow_redirects=True))
     assert "There is no person with ID 2147483648" in page
+
+
+def test_a_refused_addition_comes_back_with_what_was_typed_and_why(app, client, peopleadmin):
+    response = client.post(
+        f"{PEOPLE}/add",
+        data={
+            "username": "keep.me",
+            "first_name": "Kée",
+            "surname": "Pme",
+            "email": "not an address",
+            "area": "partners",
+        },
+    )
+    assert response.status_code == 409
+    html = response.get_data(as_text=True)
+    form = html[html.index('<section aria-labelledby="add-heading">') :]
+    form = form[: form.index("</section>")]
+    assert "is not a valid email address" in form  # the reason sits with the form
+    assert 'value="keep.me"' in form and 'value="Kée"' in form
+    assert '<option selected value="partners">' in form
+    assert html.index('aria-labelledby="add-heading"') < html.index('class="lic-filters"')
+    assert person_state(app, "keep.me") is None
