@@ -183,7 +183,8 @@ def test_people_search_filter_block_unblock_delete_add_activate(live, page):
     page.get_by_label("Search").fill("JENN")
     page.get_by_role("button", name="Filter").click()
     rows = page.locator("table.lic-people tbody tr")
-    assert rows.count() == 1 and "jennifer" in rows.first.inner_text()
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text("jennifer")
 
     page.get_by_role("button", name="Block jennifer").click()
     assert "jennifer is blocked; their seat is free." in flash_text(page)
@@ -193,7 +194,7 @@ def test_people_search_filter_block_unblock_delete_add_activate(live, page):
     page.get_by_label("State").select_option("blocked")
     page.get_by_label("Block reason").select_option("license")
     page.get_by_role("button", name="Filter").click()
-    assert page.locator("table.lic-people tbody tr").count() == 2
+    expect(page.locator("table.lic-people tbody tr")).to_have_count(2)
 
     page.get_by_role("button", name="Activate waiting").click()
     assert "Activated 2" in flash_text(page)
