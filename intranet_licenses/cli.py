@@ -378,8 +378,9 @@ def request_command(seats_text, pool, move_from, move_to, note, requester_email)
         _refuse(f"The request was not sent. {problem}")
     session.commit()
     click.echo(
-        f"Request #{sent.id} was sent to {config('VENDOR_EMAIL')}: "
-        f"{license_requests.describe(sent)}."
+        f"Request #{sent.id} is recorded and queued for {config('VENDOR_EMAIL')}: "
+        f"{license_requests.describe(sent)}. 'flask licenses mail send-pending' retries "
+        "what the mail server did not take."
     )
 
 

@@ -584,9 +584,10 @@ def request_page():
     session.commit()
     copy = notifications.responsible_person(session)
     flash(
-        f"Request #{sent.id} was sent to {config('VENDOR_EMAIL')}: "
+        f"Request #{sent.id} is recorded and queued for {config('VENDOR_EMAIL')}: "
         f"{license_requests.describe(sent)}."
-        + (f" A copy went to the Responsible person ({copy})." if copy else ""),
+        + (f" A copy goes to the Responsible person ({copy})." if copy else "")
+        + " Emails below shows when the mail server has taken it.",
         "success",
     )
     return redirect(url_for(".license_page", _anchor="requests-heading"))

@@ -225,8 +225,11 @@ def test_the_vendor_gets_the_request_and_the_responsible_person_a_copy(
     )
     assert response.status_code == 302
     page = page_text(client.get(response.headers["Location"]))
-    assert "Request #1 was sent to orders@vendor.example: 10 more intranet seats." in page
-    assert f"A copy went to the Responsible person ({RESPONSIBLE})" in page
+    assert (
+        "Request #1 is recorded and queued for orders@vendor.example: 10 more intranet seats."
+        in page
+    )
+    assert f"A copy goes to the Responsible person ({RESPONSIBLE})" in page
     assert "10 more intranet seats" in page and ">Sent<" in page
     assert stored(req_app) == [("add", 10, "intranet", None, None, "sent")]
 
