@@ -9,13 +9,12 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from . import audit, licensing, notifications, outbox
+from . import audit, licensing, notifications, outbox, seats
 from .extension import config
 from .models import (
     OPEN_REQUEST_STATUSES,
     POOLS,
     LicenseRequest,
-    SeatCounter,
 )
 
 #: The fewest seats one request may ask for.
@@ -135,7 +134,7 @@ def check(
             f"The {source} pool is Unlimited: seats cannot be moved out of it. "
             "Ask for more seats in the other pool instead."
         )
-    used = session.scalar(select(SeatCounter.used).where(SeatCounter.pool == source)) or 0
+    used = seats.usage(session)[source]
     unused = max(limits[source] - used, 0)
     if number > unused:
         raise RequestError(
@@ -237,7 +236,7 @@ def render(session, request: LicenseRequest, now: datetime) -> tuple[str, str, s
     """(subject, text, html) of the email to the vendor, from overridable templates."""
     status = licensing.current(session, now.date()).status
     lic = status.license
-    used = dict(session.execute(select(SeatCounter.pool, SeatCounter.used)).all())
+    used = seats.usage(session)
     limits = _license_limits(session, now)
     context = {
         "site_name": config("SITE_NAME"),

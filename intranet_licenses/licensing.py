@@ -117,12 +117,11 @@ def install(session, text: str, *, actor: str, now: datetime, path: str) -> Stat
 
 def _notify_install(session, status: Status, *, now: datetime, path: str) -> None:
     """Tell the notifications a license came in: limits changed, maybe below usage."""
-    from . import notifications
-    from .models import SeatCounter
+    from . import notifications, seats  # both import this module
 
     notifications.remember_license_state(session, status.state)
     notifications.seats_freed(session, POOLS, now)
-    used = dict(session.execute(select(SeatCounter.pool, SeatCounter.used)).all())
+    used = seats.usage(session)
     for pool in POOLS:
         limit = status.license.pool_limit(pool)
         if limit is not None and used.get(pool, 0) > limit:

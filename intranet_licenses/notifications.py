@@ -48,7 +48,6 @@ from .models import (
     Episode,
     InstalledLicense,
     Profile,
-    SeatCounter,
     Setting,
 )
 
@@ -240,8 +239,9 @@ def _before_commit(session) -> None:
 
 
 def _used(session) -> dict[str, int]:
-    rows = dict(session.execute(select(SeatCounter.pool, SeatCounter.used)).all())
-    return {pool: rows.get(pool, 0) for pool in POOLS}
+    from .seats import usage  # seats imports this module
+
+    return usage(session)
 
 
 def _close_episodes(session, freed: dict[str, datetime]) -> None:
