@@ -9,7 +9,8 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from . import audit, licensing, notifications, outbox, seats
+from . import audit, licensing, notifications, outbox
+from .seats import usage as seats_in_use
 from .extension import config
 from .models import (
     OPEN_REQUEST_STATUSES,
@@ -134,7 +135,7 @@ def check(
             f"The {source} pool is Unlimited: seats cannot be moved out of it. "
             "Ask for more seats in the other pool instead."
         )
-    used = seats.usage(session)[source]
+    used = seats_in_use(session)[source]
     unused = max(limits[source] - used, 0)
     if number > unused:
         raise RequestError(
@@ -236,7 +237,7 @@ def render(session, request: LicenseRequest, now: datetime) -> tuple[str, str, s
     """(subject, text, html) of the email to the vendor, from overridable templates."""
     status = licensing.current(session, now.date()).status
     lic = status.license
-    used = seats.usage(session)
+    used = seats_in_use(session)
     limits = _license_limits(session, now)
     context = {
         "site_name": config("SITE_NAME"),
