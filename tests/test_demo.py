@@ -100,3 +100,12 @@ def test_seed_demo_if_empty_leaves_a_seeded_demo_alone(demo):
     client = demo.test_client()
     response = client.post("/login", data={"username": "admin", "password": "s3cret pass"})
     assert response.status_code == 302
+
+
+def test_the_hello_page_needs_a_login_and_greets_the_person(demo):
+    client = demo.test_client()
+    assert client.get("/hello").headers["Location"].startswith("/login")
+    client.post("/login", data={"username": "jennifer", "password": "s3cret pass"})
+    page = client.get("/hello")
+    assert page.status_code == 200
+    assert "Hello, Jennifer" in page.get_data(as_text=True)

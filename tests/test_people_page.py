@@ -278,3 +278,29 @@ def test_cli_block_unblock_move_delete_and_activate(app, runner, make_person, in
     make_person("patient", blocked=AWAITING_LICENSE)
     activated = runner.invoke(args=["licenses", "people", "activate-waiting"])
     assert activated.output.strip() == "Activated 1; 0 still waiting for a license."
+
+
+@pytest.mark.parametrize("narrow_below", [1, 10_000], ids=["walk-in-id-order", "key-indexes"])
+def test_a_search_finds_and_pages_the_same_people_either_way(
+    app, client, peopleadmin, make_person, monkeypatch, narrow_below
+):
+    """people.page answers a broad search by walking in id order and a narrow one from the
+    key indexes (NARROW_SEARCH); both give the same people in the same pages."""
+    from intranet_licenses import people
+
+    monkeypatch.setattr(people, "NARROW_SEARCH", narrow_below)
+    app.config["LICENSES_PAGE_SIZE"] = 2
+    make_person("anna1", first_name="Anna", surname="Berg")
+    make_person("zed", first_name="Zed", surname="Anders")
+    make_person("other", first_name="Olga", surname="Smith", email="an@example.com")
+    make_person("none", first_name="Nils", surname="Berg")
+    make_person("anton", first_name="Anton", surname="Holm")
+    first = client.get(PEOPLE, query_string={"q": "AN"})
+    assert usernames_on(first) == ["anna1", "zed"]
+    next_link = re.search(r'href="([^"]+)" rel="next"', first.get_data(as_text=True)).group(1)
+    second = client.get(next_link.replace("&amp;", "&"))
+    assert usernames_on(second) == ["other", "anton"]
+    prev_link = re.search(r'href="([^"]+)" rel="prev"', second.get_data(as_text=True)).group(1)
+    assert usernames_on(client.get(prev_link.replace("&amp;", "&"))) == ["anna1", "zed"]
+    assert usernames_on(client.get(PEOPLE, query_string={"q": "an_"})) == []
+    assert usernames_on(client.get(PEOPLE, query_string={"q": "an", "state": "blocked"})) == []
