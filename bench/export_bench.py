@@ -18,6 +18,11 @@ same run, times
 It prints rows per second for both (medians over the runs), their ratio and our peak memory.
 Goal (issue 7): at 1,000,000 profiles ours >= 0.35 of sqlite3's rows/s, peak memory under
 150 MB and within 20 MB of the 10,000-profile run.
+
+With ``--postgres URL`` (a server URL, e.g. postgresql://postgres@127.0.0.1:5432/postgres)
+it builds a database ``licenses_bench_export_<size>`` on that server by COPY (kept and reused
+by the next run), times ours there (the COPY path of export.py) against
+``psql -c "\\copy (<the same columns>) to FILE csv"``. Goal (issue 11): ratio >= 0.7.
 """
 
 from __future__ import annotations
