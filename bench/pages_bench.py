@@ -37,15 +37,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import machine  # noqa: E402
 from profiles import ROOT, build_postgres, build_sqlite  # noqa: E402
 
-PAGES = [
-    ("trivial page", "/hello", "Hello, Intranet"),
-    ("License", "/admin/licenses/", "License"),
-    ("Summary", "/admin/licenses/summary", "Number of Users"),
-    ("People, first page", "/admin/licenses/people", "user0000002"),
-    ("People, q=an", "/admin/licenses/people?q=an", "Anna"),
-    ("People, q=user099999 (10 at the end)", "/admin/licenses/people?q=user099999", "user0999999"),
-    ("People, q=zq (no match)", "/admin/licenses/people?q=zq", "People"),
-]  # fmt: skip
+
+def pages(size: int) -> list[tuple[str, str, str]]:
+    """(label, path, text the page must show) for a database of ``size`` profiles."""
+    rare = f"user{size - 10:07d}"[:-1]  # the last 10 people, at the far end of the ids
+    return [
+        ("trivial page", "/hello", "Hello, Intranet"),
+        ("License", "/admin/licenses/", "License"),
+        ("Summary", "/admin/licenses/summary", "Number of Users"),
+        ("People, first page", "/admin/licenses/people", "user0000002"),
+        ("People, q=an", "/admin/licenses/people?q=an", "Anna"),
+        (f"People, q={rare} (last 10)", f"/admin/licenses/people?q={rare}",
+         f"user{size - 1:07d}"),
+        ("People, q=zq (no match)", "/admin/licenses/people?q=zq", "People"),
+    ]  # fmt: skip
 
 
 def free_port() -> int:
@@ -162,6 +167,7 @@ def main() -> None:
          f"wsgi:create_app(instance_path={str(folder / 'instance')!r})"],
         cwd=ROOT, env=env, start_new_session=True,
     )  # fmt: skip
+    PAGES = pages(args.size)  # noqa: N806
     results: dict[str, list[tuple[float, float]]] = {label: [] for label, _, _ in PAGES}
     loads = []
     try:

@@ -12,7 +12,7 @@ from datetime import UTC, date, datetime
 from itertools import compress, count
 from operator import itemgetter
 
-from sqlalchemy import DateTime, String, Text, case, cast, func, literal, or_, select
+from sqlalchemy import DateTime, String, Text, case, cast, func, literal, null, or_, select
 from sqlalchemy.dialects import sqlite
 
 from . import seats
@@ -149,12 +149,20 @@ def file_name(day: date) -> str:
 # text in Python.
 
 
-def _text(expression):
+def _text_or_empty(expression):
     """NULL as the empty string (an empty cell either way)."""
     return func.coalesce(expression, literal(""))
 
 
-def _time_column(column, dialect, iso_text: bool = False):
+def _bare(expression):
+    """For COPY, which writes NULL as an empty cell: "" as NULL (COPY would write "")."""
+    return func.nullif(expression, literal(""))
+
+
+_text = _text_or_empty
+
+
+def _time_column(column, dialect, for_copy: bool = False):
     """A datetime column as ``YYYY-MM-DD HH:MM`` text in UTC: (expression, column map).
 
     SQLite and PostgreSQL format it in the query; other databases through ``_format_time``
@@ -170,10 +178,10 @@ def _time_column(column, dialect, iso_text: bool = False):
     if dialect.name == "postgresql":
         timezone = isinstance(column.type, DateTime) and column.type.timezone
         value = func.timezone("UTC", column) if timezone else column
-        if iso_text:
+        if for_copy:
             # The value's own text form under DateStyle ISO (set by the COPY path), cut to
-            # the minute: the same cell as to_char, at two thirds of the cost.
-            return _text(func.substr(cast(value, Text), 1, 16)), None
+            # the minute: the same cell as to_char, at two thirds of the cost; NULL stays NULL.
+            return func.substr(cast(value, Text), 1, 16), None
         return _text(func.to_char(value, "YYYY-MM-DD HH24:MI")), None
     return column, _format_times
 
@@ -192,18 +200,22 @@ def _format_times(cells):
     return map(_format_time, cells)
 
 
-def query(opts: ExportOptions, dialect, *, iso_text: bool = False):
+def query(opts: ExportOptions, dialect, *, for_copy: bool = False):
     """The Core select of the export's cells, in order, for ``opts`` (needs the app context).
 
     Returns (select, indexes of the free-text cells, (index, column map) pairs for cells the
-    database could not write out).
+    database could not write out). ``for_copy``: an empty cell is NULL rather than "" and
+    free-text cells are the bare columns (see the COPY path below).
     """
     ad = adapter()
+    _text = _bare if for_copy else _text_or_empty
+    free = (lambda column: column) if for_copy else _text_or_empty  # neutralised later
+    empty = null() if for_copy else literal("")
     id_col = ad.column("id")
     cells = [
-        _text(ad.column("username")),
-        _text(ad.column("first_name")),
-        _text(ad.column("surname")),
+        free(ad.column("username")),
+        free(ad.column("first_name")),
+        free(ad.column("surname")),
         cast(id_col, String),
     ]
     text_indexes = [0, 1, 2]
@@ -213,23 +225,23 @@ def query(opts: ExportOptions, dialect, *, iso_text: bool = False):
         if name == "account_state":
             cells.append(case((ad.column("active").is_(True), "Yes"), else_="No"))
         elif name == "email":
-            cells.append(_text(ad.column("email")))
+            cells.append(free(ad.column("email")))
             text_indexes.append(index)
         elif name == "area":
-            cells.append(_text(Profile.area))
+            cells.append(free(Profile.area))
             text_indexes.append(index)  # area names come from configuration: checked too
         elif name == "pool":
             cells.append(_text(Profile.pool))
         elif name == "block_reason":
-            cells.append(case(BLOCK_REASON_LABELS, value=Profile.block_reason, else_=""))
+            cells.append(case(BLOCK_REASON_LABELS, value=Profile.block_reason, else_=empty))
         elif name in ("created", "last_login"):
             column = ad.column("created_at" if name == "created" else "last_login_at")
             if column is None and name == "created":
                 column = Profile.created_at
             if column is None:
-                cells.append(literal(""))
+                cells.append(empty)
             else:
-                expression, column_map = _time_column(column, dialect, iso_text)
+                expression, column_map = _time_column(column, dialect, for_copy)
                 cells.append(expression)
                 if column_map is not None:
                     maps.append((index, column_map))
@@ -448,17 +460,17 @@ def _neutralised(cell):
         first.in_(_PG_TRIGGERS),
         (first == ord(" ")) & func.ascii(func.ltrim(cell, literal(" "))).in_(_PG_AFTER_SPACES),
     )
-    return func.nullif(case((formula, literal("'") + cell), else_=cell), literal(""))
+    return case((formula, literal("'") + cell), else_=func.nullif(cell, literal("")))
 
 
 def _copy_plan(engine, opts: ExportOptions) -> tuple[str, dict] | None:
     """The COPY statement and its parameters, or None when some cell needs Python."""
-    statement, text_indexes, maps = query(opts, engine.dialect, iso_text=True)
+    statement, text_indexes, maps = query(opts, engine.dialect, for_copy=True)
     if maps:
         return None
-    cells = [func.nullif(cell, literal("")) for cell in statement.selected_columns]
+    cells = list(statement.selected_columns)
     for index in text_indexes:
-        cells[index] = _neutralised(statement.selected_columns[index])
+        cells[index] = _neutralised(cells[index])
     compiled = statement.with_only_columns(*cells, literal("\r")).compile(
         dialect=engine.dialect, compile_kwargs={"render_postcompile": True}
     )
