@@ -216,7 +216,7 @@ def query(opts: ExportOptions, dialect, *, for_copy: bool = False):
         free(ad.column("username")),
         free(ad.column("first_name")),
         free(ad.column("surname")),
-        cast(id_col, String),
+        id_col if for_copy else cast(id_col, String),  # COPY writes a number as text
     ]
     text_indexes = [0, 1, 2]
     maps = []
@@ -454,13 +454,18 @@ def _copy_possible(engine) -> bool:
 
 
 def _neutralised(cell):
-    """A free-text cell after ``neutralise``, NULL when empty (SQL expression)."""
+    """A free-text cell after ``neutralise``, NULL when empty (SQL expression).
+
+    The common cell is tested once (its first character is no trigger and no space)."""
     first = func.ascii(cell)
     formula = or_(
-        first.in_(_PG_TRIGGERS),
-        (first == ord(" ")) & func.ascii(func.ltrim(cell, literal(" "))).in_(_PG_AFTER_SPACES),
+        first != ord(" "),
+        func.ascii(func.ltrim(cell, literal(" "))).in_(_PG_AFTER_SPACES),
     )
-    return case((formula, literal("'") + cell), else_=func.nullif(cell, literal("")))
+    return case(
+        (first.in_((*_PG_TRIGGERS, ord(" "))), case((formula, literal("'") + cell), else_=cell)),
+        else_=func.nullif(cell, literal("")),
+    )
 
 
 def _copy_plan(engine, opts: ExportOptions) -> tuple[str, dict] | None:
