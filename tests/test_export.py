@@ -823,3 +823,33 @@ def test_postgres_copy_writes_the_same_bytes_as_the_ordinary_path(
     finally:
         with pg_app.app_context():
             wsgi.db.engine.dispose()
+
+
+@pytest.mark.postgres
+def test_postgres_copy_stopped_half_way_leaves_the_connection_usable(
+    postgres_url, vendor_key, tmp_path
+):
+    """A download the browser abandons closes the generator mid-COPY: the pooled connection
+    (the only one) must come back usable."""
+    config = app_config(postgres_url, vendor_key)
+    config["SQLALCHEMY_ENGINE_OPTIONS"] = {"pool_size": 1, "max_overflow": 0}
+    pg_app = wsgi.create_app(config, instance_path=str(tmp_path / "pg-instance"))
+    result = pg_app.test_cli_runner().invoke(args=["init-db", "--password", "x"])
+    assert result.exit_code == 0, result.output
+    try:
+        with pg_app.app_context():
+            session = wsgi.db.session
+            session.execute(
+                sa.insert(wsgi.User),
+                [{"username": f"u{n}", "first_name": "A", "surname": "B"} for n in range(50)],
+            )
+            session.commit()
+            session.close()
+            chunks = export.stream(export.options(columns="all"), chunk_bytes=1)
+            assert next(chunks).startswith(b"Username,First name,Surname,ID,")
+            chunks.close()
+            with wsgi.db.engine.connect() as connection:
+                assert connection.scalar(sa.text("SELECT count(*) FROM users")) == 51
+    finally:
+        with pg_app.app_context():
+            wsgi.db.engine.dispose()
