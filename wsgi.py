@@ -261,6 +261,13 @@ def _routes(app: Flask) -> None:
         doc = db.session.get(Document, document_id) or abort(404)
         return render_template("document.html", document=doc)
 
+    @app.get("/hello")
+    def hello():
+        """A trivial page (login, same layout, no queries): the pages benchmark's baseline."""
+        if g.user is None:
+            return redirect(url_for("login", next=request.full_path))
+        return render_template("hello.html")
+
     @app.errorhandler(403)
     def forbidden(_error):
         return render_template("403.html"), 403

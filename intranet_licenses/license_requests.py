@@ -10,13 +10,13 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from . import audit, licensing, notifications, outbox
-from .seats import usage as seats_in_use
 from .extension import config
 from .models import (
     OPEN_REQUEST_STATUSES,
     POOLS,
     LicenseRequest,
 )
+from .seats import usage as seats_in_use
 
 #: The fewest seats one request may ask for.
 MIN_SEATS = 5

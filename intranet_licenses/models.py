@@ -84,6 +84,8 @@ class Profile(Base):
         Index("ix_licenses_profile_surname_key", "surname_key"),
         Index("ix_licenses_profile_email_key", "email_key"),
         Index("ix_licenses_profile_block_reason", "block_reason", "waiting_since"),
+        # Counting the people waiting per pool from the index alone (0004_perf).
+        Index("ix_licenses_profile_waiting", "block_reason", "pool"),
         Index("ix_licenses_profile_area", "area", "user_id"),
         Index("ix_licenses_profile_pool", "pool", "user_id"),
     )

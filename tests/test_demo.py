@@ -114,3 +114,12 @@ def test_login_only_follows_next_on_this_site(demo, target, expected):
         data={"username": "jennifer", "password": "s3cret pass"},
     )
     assert response.headers["Location"] == expected
+
+
+def test_the_hello_page_needs_a_login_and_greets_the_person(demo):
+    client = demo.test_client()
+    assert client.get("/hello").headers["Location"].startswith("/login")
+    client.post("/login", data={"username": "jennifer", "password": "s3cret pass"})
+    page = client.get("/hello")
+    assert page.status_code == 200
+    assert "Hello, Jennifer" in page.get_data(as_text=True)

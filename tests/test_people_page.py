@@ -336,3 +336,29 @@ def test_a_refused_addition_comes_back_with_what_was_typed_and_why(app, client, 
     assert '<option selected value="partners">' in form
     assert html.index('aria-labelledby="add-heading"') < html.index('class="lic-filters"')
     assert person_state(app, "keep.me") is None
+
+
+@pytest.mark.parametrize("narrow_below", [1, 10_000], ids=["walk-in-id-order", "key-indexes"])
+def test_a_search_finds_and_pages_the_same_people_either_way(
+    app, client, peopleadmin, make_person, monkeypatch, narrow_below
+):
+    """people.page answers a broad search by walking in id order and a narrow one from the
+    key indexes (NARROW_SEARCH); both give the same people in the same pages."""
+    from intranet_licenses import people
+
+    monkeypatch.setattr(people, "NARROW_SEARCH", narrow_below)
+    app.config["LICENSES_PAGE_SIZE"] = 2
+    make_person("anna1", first_name="Anna", surname="Berg")
+    make_person("zed", first_name="Zed", surname="Anders")
+    make_person("other", first_name="Olga", surname="Smith", email="an@example.com")
+    make_person("none", first_name="Nils", surname="Berg")
+    make_person("anton", first_name="Anton", surname="Holm")
+    first = client.get(PEOPLE, query_string={"q": "AN"})
+    assert usernames_on(first) == ["anna1", "zed"]
+    next_link = re.search(r'href="([^"]+)" rel="next"', first.get_data(as_text=True)).group(1)
+    second = client.get(next_link.replace("&amp;", "&"))
+    assert usernames_on(second) == ["other", "anton"]
+    prev_link = re.search(r'href="([^"]+)" rel="prev"', second.get_data(as_text=True)).group(1)
+    assert usernames_on(client.get(prev_link.replace("&amp;", "&"))) == ["anna1", "zed"]
+    assert usernames_on(client.get(PEOPLE, query_string={"q": "an_"})) == []
+    assert usernames_on(client.get(PEOPLE, query_string={"q": "an", "state": "blocked"})) == []
