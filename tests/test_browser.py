@@ -376,3 +376,39 @@ def test_a_refused_addition_keeps_the_form_and_says_why_beside_it(live, page):
     expect(add_section.locator(".lic-message")).to_contain_text("already exists")
     expect(page.get_by_label("First name")).to_have_value("Jenny")
     assert axe_findings(page) == []
+
+
+def test_the_request_form_shows_the_fields_of_the_chosen_kind(live, page):
+    log_in(page, live, "sysadmin")
+    page.goto(f"{live.url}/admin/licenses/request")
+    expect(page.get_by_label("Pool", exact=True)).to_be_visible()
+    expect(page.get_by_label("From pool")).to_be_hidden()
+    page.get_by_label("Move seats from one pool to another").check()
+    expect(page.get_by_label("From pool")).to_be_visible()
+    expect(page.get_by_label("Pool", exact=True)).to_be_hidden()
+
+
+def test_sync_now_shows_its_report(live, page, slapd_server):
+    from slapd import ADMIN_DN, ADMIN_PASSWORD, Directory
+
+    tree = Directory(slapd_server)
+    for number in range(3):
+        tree.add_ad_user(f"synced{number}")
+    live.app.config.update(
+        LICENSES_LDAP_URL=slapd_server.url,
+        LICENSES_LDAP_BIND_DN=ADMIN_DN,
+        LICENSES_LDAP_PASSWORD=ADMIN_PASSWORD,
+        LICENSES_LDAP_BASE_DN=tree.base_dn,
+    )
+    try:
+        log_in(page, live, "peopleadmin")
+        page.goto(f"{live.url}/admin/licenses/people")
+        page.get_by_role("button", name="Sync now").click()
+        expect(
+            page.get_by_role("row", name=re.compile(r"created active\s+3", re.I))
+        ).to_be_visible()
+        assert person_state(live.app, "synced0")[:3] == (True, "primary", "intranet")
+        assert axe_findings(page) == []
+        screenshot(page, "sync-report")
+    finally:
+        tree.conn.unbind()
