@@ -25,6 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from . import audit, seats
+from .errors import LicensesError
 from .extension import adapter, config, logger
 from .models import POOLS, PRIMARY_AREA, Profile
 
@@ -38,7 +39,7 @@ MAX_NAMES_KEPT = 200
 Progress = Callable[[int], None]
 
 
-class ImportFileError(Exception):
+class ImportFileError(LicensesError):
     """The file as a whole cannot be imported; ``str(error)`` says why and what to do."""
 
 

@@ -31,6 +31,7 @@ from datetime import datetime
 from sqlalchemy import select
 
 from . import audit, seats
+from .errors import LicensesError
 from .extension import adapter, config
 from .models import AWAITING_LICENSE, BLOCKED_BY_DIRECTORY, PRIMARY_AREA, Profile
 
@@ -55,7 +56,7 @@ PAGE_SIZE = 500
 LISTED_SKIPS = 50
 
 
-class DirectoryError(Exception):
+class DirectoryError(LicensesError):
     """The directory could not be read; nothing was changed. ``str()`` says why."""
 
 

@@ -16,6 +16,7 @@ from sqlalchemy import DateTime, String, Text, case, cast, func, literal, null, 
 from sqlalchemy.dialects import sqlite
 
 from . import seats
+from .errors import LicensesError
 from .extension import adapter, config
 from .models import AWAITING_LICENSE, BLOCKED_BY_ADMIN, BLOCKED_BY_DIRECTORY, Profile
 
@@ -55,7 +56,7 @@ _TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
 _AFTER_SPACES = ("=", "+", "-", "@")
 
 
-class ExportError(ValueError):
+class ExportError(LicensesError, ValueError):
     """An export option a person typed that cannot be used; the message says why."""
 
 

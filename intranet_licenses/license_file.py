@@ -12,6 +12,8 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from .errors import LicensesError
+
 POOLS = ("intranet", "extranet", "readonly")
 POOL_KEYS = {
     "intranet": "MAX_USERS",
@@ -38,7 +40,7 @@ _PORT = re.compile(r"[0-9]{1,5}")
 _PEM_PUBLIC_KEY = re.compile(rb"-----BEGIN PUBLIC KEY-----.+?-----END PUBLIC KEY-----", re.DOTALL)
 
 
-class LicenseFileError(Exception):
+class LicenseFileError(LicensesError):
     """A license or key that cannot be used; ``str(error)`` is a sentence for a sysadmin."""
 
     state = "error"

@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from . import audit, licensing, notifications, outbox
+from .errors import LicensesError
 from .extension import config
 from .models import (
     OPEN_REQUEST_STATUSES,
@@ -23,7 +24,7 @@ MIN_SEATS = 5
 _DIGITS = re.compile(r"[0-9]+")
 
 
-class RequestError(ValueError):
+class RequestError(LicensesError, ValueError):
     """A request that cannot be sent; ``str()`` says what to change, for a person."""
 
 
@@ -157,7 +158,7 @@ def _by_key(session, key: str) -> LicenseRequest | None:
     return session.scalar(select(LicenseRequest).where(LicenseRequest.submission_key == key))
 
 
-class AlreadySent(Exception):
+class AlreadySent(LicensesError):
     """This form was submitted before; ``request`` is what the first submission stored."""
 
     def __init__(self, request: LicenseRequest):

@@ -11,6 +11,7 @@ from functools import lru_cache
 from sqlalchemy import select
 
 from . import audit
+from .errors import LicensesError
 from .extension import config
 from .license_file import POOLS, Status, evaluate, load_public_keys
 from .models import InstalledLicense
@@ -19,11 +20,11 @@ from .models import InstalledLicense
 MAX_LICENSE_BYTES = 1024 * 1024
 
 
-class LicenseFetchError(Exception):
+class LicenseFetchError(LicensesError):
     """The license could not be downloaded; ``str(error)`` says why."""
 
 
-class LicenseRefused(Exception):
+class LicenseRefused(LicensesError):
     """A license that cannot be installed; ``status`` says why."""
 
     def __init__(self, status: Status):

@@ -41,6 +41,7 @@ from sqlalchemy import event, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from . import audit, licensing, outbox
+from .errors import LicensesError
 from .extension import config
 from .models import (
     AWAITING_LICENSE,
@@ -85,7 +86,7 @@ _settings = Setting.__table__
 # The Responsible person ------------------------------------------------------------------
 
 
-class AddressError(ValueError):
+class AddressError(LicensesError, ValueError):
     """An address that cannot be the Responsible person; ``str()`` says why, for a person."""
 
 

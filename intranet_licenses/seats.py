@@ -40,6 +40,7 @@ from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import Session
 
 from . import audit, licensing, notifications
+from .errors import LicensesError
 from .extension import adapter, config, logger
 from .models import (
     AWAITING_LICENSE,
@@ -58,7 +59,7 @@ _counters = SeatCounter.__table__
 # Errors ---------------------------------------------------------------------------------
 
 
-class SeatError(Exception):
+class SeatError(LicensesError):
     """A seat action that was refused. ``str(error)`` is a sentence for a person."""
 
 

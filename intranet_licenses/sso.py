@@ -18,6 +18,7 @@ from datetime import datetime
 from sqlalchemy.exc import IntegrityError
 
 from . import access, seats
+from .errors import LicensesError
 from .models import PRIMARY_AREA
 
 #: Claim names read, in order of preference (OpenID Connect's standard claims first).
@@ -26,7 +27,7 @@ FIRST_NAME_CLAIMS = ("given_name", "first_name")
 SURNAME_CLAIMS = ("family_name", "surname")
 
 
-class SignInRefused(Exception):
+class SignInRefused(LicensesError):
     """The person may not sign in now. ``kind`` is one of:
 
     ``full`` (no free license for a new account), ``blocked``, ``waiting`` (awaiting a

@@ -44,3 +44,21 @@ def test_a_mistyped_config_key_fails_loudly():
             KeyError, match="LICENSES_SITE_NAM is not an intranet-licenses setting"
         ):
             config("SITE_NAM")
+
+
+def test_every_refusal_the_extension_raises_derives_from_one_base():
+    import importlib
+    import inspect
+    import pkgutil
+
+    import intranet_licenses
+    from intranet_licenses import LicensesError
+
+    refusals = []
+    for module_info in pkgutil.iter_modules(intranet_licenses.__path__):
+        module = importlib.import_module(f"intranet_licenses.{module_info.name}")
+        for _name, cls in inspect.getmembers(module, inspect.isclass):
+            if cls.__module__ == module.__name__ and issubclass(cls, Exception):
+                refusals.append(cls)
+    assert len(refusals) >= 12  # seats, license file, CSV, directory, SSO, requests, export ...
+    assert [cls for cls in refusals if not issubclass(cls, LicensesError)] == []
