@@ -12,7 +12,13 @@ from flask.cli import AppGroup
 
 from . import csv_import, license_requests, licensing, notifications, outbox, schema, seats
 from .extension import adapter, config
-from .license_file import LicenseFileError, generate_key_pair, load_private_key, sign_text
+from .license_file import (
+    POOL_KEYS,
+    LicenseFileError,
+    generate_key_pair,
+    load_private_key,
+    sign_text,
+)
 from .models import PRIMARY_AREA, utcnow
 
 licenses_cli = AppGroup("licenses", help="License (seat) management.")
@@ -107,7 +113,15 @@ def issue_command(private_path, out_path, overrides):
         name, sep, value = item.partition("=")
         if not sep or not name.strip() or " " in name.strip():
             raise click.ClickException(f"--set {item!r} is not KEY=VALUE.")
-        fields[name.strip()] = value.strip()
+        name = name.strip()
+        if name.upper().startswith("MAX_") and name not in POOL_KEYS.values():
+            # A license may carry any registration field, but a mistyped limit would be
+            # signed silently and read as 0 seats by every site that installs it.
+            raise click.ClickException(
+                f"--set {name}: no pool has this limit. The limits are "
+                f"{', '.join(POOL_KEYS.values())}."
+            )
+        fields[name] = value.strip()
     text = sign_text(fields, key)
     if out_path == "-":
         click.echo(text, nl=False)

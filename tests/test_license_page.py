@@ -275,6 +275,26 @@ def test_issue_signs_with_the_configured_vendor_key(app, runner, vendor_key, tmp
               str(out), "--set", "novalue"]
     )  # fmt: skip
     assert bad.exit_code != 0 and "is not KEY=VALUE" in bad.output
+    out.unlink()
+    signing = [
+        "licenses",
+        "issue",
+        "--private-key",
+        str(vendor_key.private_path),
+        "--out",
+        str(out),
+    ]
+    typo = runner.invoke(args=[*signing, "--set", "MAX_USER=90"])
+    assert typo.exit_code != 0
+    assert (
+        "MAX_USER: no pool has this limit" in typo.output and "MAX_EXTRANET_USERS" in typo.output
+    )
+    assert not out.exists()
+    # Any other registration field may be added.
+    extra = runner.invoke(args=[*signing, "--set", "Support-Contact=ops@example.com"])
+    assert extra.exit_code == 0, extra.output
+    issued = load_license(out.read_text(), load_public_keys([str(vendor_key.public_path)]))
+    assert issued.get("Support-Contact") == "ops@example.com"
 
 
 def test_a_second_trusted_key_verifies(app, client, sysadmin, tmp_path):
