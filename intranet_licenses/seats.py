@@ -35,7 +35,7 @@ from datetime import datetime
 
 from email_validator import EmailNotValidError, validate_email
 from flask import current_app, has_app_context
-from sqlalchemy import event, func, insert, inspect, select, update
+from sqlalchemy import and_, case, event, func, insert, inspect, or_, select, update
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import Session
 
@@ -855,26 +855,33 @@ def recount(session, *, actor: str, now: datetime) -> list[str]:
     if removed:
         findings.append(f"Removed {removed} profiles whose user no longer exists.")
 
-    wrong = 0
-    exemptions = 0
-    admin_key = _key(config("ADMIN_USERNAME"))
-    rows = session.execute(
-        select(Profile, ad.column("active")).join(ad.model, id_col == Profile.user_id)
+    # Set-based, so that a recount of a million profiles is a few statements, not a million
+    # objects in the session. The host's active flag is read per profile by a correlated
+    # subquery; flushed first, so these statements see the profiles adopted above.
+    _flush(session, now)
+    active = select(ad.column("active")).where(id_col == Profile.user_id).scalar_subquery()
+    is_admin = Profile.username_key == _key(config("ADMIN_USERNAME"))
+    want = case((and_(active.is_(True), Profile.exempt.is_(False)), Profile.pool), else_=None)
+
+    def repair(statement) -> int:
+        options = {"synchronize_session": False}
+        return session.execute(statement, execution_options=options).rowcount
+
+    exemptions = repair(update(Profile).where(Profile.exempt != is_admin).values(exempt=is_admin))
+    wrong = repair(
+        update(Profile).where(Profile.seat_pool.is_distinct_from(want)).values(seat_pool=want)
     )
-    for profile, active in rows:
-        exempt = profile.username_key == admin_key
-        if profile.exempt != exempt:
-            profile.exempt = exempt
-            exemptions += 1
-        want = profile.pool if active and not profile.exempt else None
-        if profile.seat_pool != want:
-            profile.seat_pool = want
-            wrong += 1
-        if active and profile.block_reason:
-            profile.block_reason = None
-            profile.waiting_since = None
-        if not active and not profile.block_reason:
-            profile.block_reason = BLOCKED_BY_ADMIN
+    repair(
+        update(Profile)
+        .where(active.is_(True), Profile.block_reason.is_not(None))
+        .values(block_reason=None, waiting_since=None)
+    )
+    repair(
+        update(Profile)
+        .where(active.is_(False), or_(Profile.block_reason.is_(None), Profile.block_reason == ""))
+        .values(block_reason=BLOCKED_BY_ADMIN)
+    )
+    session.expire_all()  # objects the session holds may be stale after these statements
     if exemptions:
         findings.append(
             f"Corrected {exemptions} profiles marked wrongly as the administrator account "

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from conftest import count_users, person_state, usage
 
 import wsgi
-from intranet_licenses import seats
+from intranet_licenses import licensing, seats
 from intranet_licenses.models import (
     AWAITING_LICENSE,
     BLOCKED_BY_ADMIN,
@@ -437,3 +437,65 @@ def test_control_characters_and_long_lowercase_names_are_handled(app):
     long_name = "İ" * 255  # lower-cases to 510 characters
     add(app, "dotted", first_name=long_name)
     assert person_state(app, "dotted")[0] is True
+
+
+def _drift_behind_the_back(app):
+    """Change users and profiles with plain SQL, as a host's script or a restore might."""
+    add(app, "seated")  # host turns it off: loses its seat, blocked by an administrator
+    add(app, "waiting")
+    act(app, seats.block, "waiting")  # host turns it on again: takes its seat back
+    add(app, "marked")  # wrongly marked as the administrator account
+    with app.app_context():
+        session = wsgi.db.session
+        users = {u.username: u.id for u in session.scalars(sa.select(wsgi.User))}
+        session.execute(
+            sa.update(wsgi.User).where(wsgi.User.username == "seated").values(active=False)
+        )
+        session.execute(
+            sa.update(wsgi.User).where(wsgi.User.username == "waiting").values(active=True)
+        )
+        session.execute(
+            sa.update(Profile).where(Profile.user_id == users["marked"]).values(exempt=True)
+        )
+        session.execute(  # a user from before the extension: no profile yet
+            sa.insert(wsgi.User).values(
+                username="older", first_name="O", surname="Lder", email="", active=True,
+                is_sysadmin=False, is_people_admin=False, created_at=utcnow(),
+            )
+        )  # fmt: skip
+        session.commit()
+
+
+@pytest.mark.parametrize(
+    "database", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+def test_recount_repairs_profiles_changed_behind_its_back(database, request, app, runner):
+    if database == "postgresql":
+        from conftest import app_config
+
+        url = request.getfixturevalue("postgres_url")
+        app = wsgi.create_app(
+            app_config(url, request.getfixturevalue("vendor_key")),
+            instance_path=str(request.getfixturevalue("tmp_path") / "pg"),
+        )
+        assert app.test_cli_runner().invoke(args=["init-db", "--password", "x"]).exit_code == 0
+        with app.app_context():
+            license_text = request.getfixturevalue("make_license")()
+            licensing.install(wsgi.db.session, license_text, actor="t", now=utcnow(), path="t")
+            wsgi.db.session.commit()
+        runner = app.test_cli_runner()
+    _drift_behind_the_back(app)
+    result = runner.invoke(args=["licenses", "recount"])
+    assert result.exit_code == 0, result.output
+    assert "Created profiles for 1 people who had none." in result.output
+    assert "Corrected 1 profiles marked wrongly as the administrator account" in result.output
+    assert "Corrected the seat of 3 profiles." in result.output  # seated, waiting, older
+    assert person_state(app, "seated") == (False, "primary", "intranet", BLOCKED_BY_ADMIN, None)
+    assert person_state(app, "waiting") == (True, "primary", "intranet", None, "intranet")
+    assert person_state(app, "marked") == (True, "primary", "intranet", None, "intranet")
+    assert person_state(app, "older") == (True, "primary", "intranet", None, "intranet")
+    assert usage(app)["intranet"] == 3
+    again = app.test_cli_runner().invoke(args=["licenses", "recount"])
+    assert "nothing was repaired" in again.output
+    with app.app_context():
+        wsgi.db.engine.dispose()
