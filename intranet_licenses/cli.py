@@ -162,6 +162,15 @@ def status_command():
     sys.exit(0 if current.status.valid else 1)
 
 
+@licenses_cli.command("show")
+def show_command():
+    """Print the license text in force, exactly as installed (to keep or send it)."""
+    text = licensing.installed_text(_session())
+    if text is None:
+        _refuse("No license is installed.")
+    click.echo(text, nl=not text.endswith("\n"))
+
+
 # People ---------------------------------------------------------------------------------
 
 

@@ -101,15 +101,16 @@ def settings_from_config(
             f"No password for {bind_dn}: set LICENSES_LDAP_PASSWORD, or pass --password-file "
             "to the command."
         )
-    areas = dict(config("LDAP_AREAS") or {})
-    for area in areas:
+    areas = {}
+    for area, dn in dict(config("LDAP_AREAS") or {}).items():
         try:
             seats.check_area(area)
         except seats.PersonError as exc:
             raise DirectoryError(f"LICENSES_LDAP_AREAS names an unknown area: {exc}") from None
+        areas[area] = _clean_dn(dn, f"LICENSES_LDAP_AREAS['{area}']")
     return DirectorySettings(
         url=url,
-        base_dn=base_dn,
+        base_dn=_clean_dn(base_dn, "The base DN"),
         bind_dn=bind_dn,
         password=password,
         search_filter=search_filter or config("LDAP_FILTER"),
@@ -117,6 +118,22 @@ def settings_from_config(
         timeout=int(config("LDAP_TIMEOUT")),
         ca_file=config("LDAP_CA_FILE"),
     )
+
+
+def _clean_dn(dn: str, what: str) -> str:
+    """``dn`` without the spaces people type around ``,`` ``+`` and ``=`` (which ldap3 refuses
+    to send), or DirectoryError saying what is wrong with it."""
+    from ldap3.core.exceptions import LDAPInvalidDnError
+    from ldap3.utils.dn import parse_dn
+
+    try:
+        parts = parse_dn(dn, escape=False, strip=True)
+    except LDAPInvalidDnError as exc:
+        raise DirectoryError(
+            f"{what} '{dn}' is not a valid DN ({exc}); write it like "
+            "ou=Staff,dc=example,dc=com. Nothing was changed."
+        ) from None
+    return "".join(f"{attr}={value}{separator}" for attr, value, separator in parts)
 
 
 # Reading the directory ------------------------------------------------------------------
@@ -672,10 +689,9 @@ def _load(session, user_ids: list[int], chunk: int = 500) -> list:
 
 
 def record_exceeded(session, *, pool: str, waiting: int, actor: str, now: datetime, path: str):
-    """A sync left people waiting for a license in ``pool``: an exceeded event (rule 6).
-
-    For now this is an audit row (action ``sync``, outcome ``waiting``). It is the one
-    place a notification of the Responsible person hooks in, once per pool per sync.
+    """A sync left people waiting for a license in ``pool``: its audit row (action ``sync``,
+    outcome ``waiting``). The over-limit email comes from the exceeded events that
+    ``seats.add_person(..., wait_when_full=True)`` reports for each waiting person (rule 6).
     """
     audit.record(
         session,

@@ -74,6 +74,13 @@ def current(session, today: date) -> Current:
     return Current(check_text(row.text, today), row.installed_at)
 
 
+def installed_text(session) -> str | None:
+    """The text of the license in force exactly as installed (valid or not), or None."""
+    return session.scalar(
+        select(InstalledLicense.text).order_by(InstalledLicense.id.desc()).limit(1)
+    )
+
+
 def limits(session, today: date) -> dict[str, int | None]:
     """Seats per pool for admissions: None is Unlimited; every limit is 0 unless valid."""
     status = current(session, today).status

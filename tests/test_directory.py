@@ -372,6 +372,44 @@ def test_areas_from_a_group_and_from_an_ou(app, install_license, tree):
     assert usage(app) == {"intranet": 1, "extranet": 2, "readonly": 0}
 
 
+def spaced(dn: str) -> str:
+    """``dn`` as people type it: a space after every comma and around every '='."""
+    return ", ".join(rdn.replace("=", " = ") for rdn in dn.split(","))
+
+
+def test_dns_typed_with_spaces_read_the_same(app, install_license, tree):
+    install_license(intranet=10, extranet=10)
+    app.config["LICENSES_EXTRANET_AREAS"] = ["partners", "suppliers"]
+    ou = tree.add_ou("suppliers")
+    partner = tree.add_ad_user("quin")
+    tree.add_ad_user("rae", parent=ou)
+    group = tree.add_group("partners", [partner])
+    app.config["LICENSES_LDAP_AREAS"] = {"partners": spaced(group), "suppliers": spaced(ou)}
+    app.config["LICENSES_LDAP_BASE_DN"] = spaced(tree.base_dn)
+    report = sync(app)
+    assert report.created_active == 2
+    assert person_state(app, "quin")[1:3] == ("partners", "extranet")
+    assert person_state(app, "rae")[1:3] == ("suppliers", "extranet")
+
+
+@pytest.mark.parametrize("key", ["base", "area"])
+def test_a_malformed_dn_is_named_and_changes_nothing(app, install_license, tree, key):
+    install_license(intranet=10)
+    tree.add_ad_user("pia")
+    if key == "base":
+        app.config["LICENSES_LDAP_BASE_DN"] = "ou=Staff,,dc=example"
+        what = "The base DN 'ou=Staff,,dc=example' is not a valid DN"
+    else:
+        app.config["LICENSES_EXTRANET_AREAS"] = ["partners"]
+        app.config["LICENSES_LDAP_AREAS"] = {"partners": "Partners group"}
+        what = "LICENSES_LDAP_AREAS['partners'] 'Partners group' is not a valid DN"
+    with app.app_context(), pytest.raises(directory.DirectoryError) as failure:
+        directory.settings_from_config()
+    assert what in str(failure.value)
+    assert "write it like ou=Staff,dc=example,dc=com" in str(failure.value)
+    assert states(app) == {}
+
+
 def test_a_stopped_server_changes_nothing(app, install_license, tmp_path):
     install_license(intranet=10)
     server = Slapd(tmp_path / "slapd").start()

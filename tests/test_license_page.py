@@ -218,6 +218,27 @@ def test_status_exits_non_zero_without_a_valid_license(app, runner):
     assert result.output.splitlines()[0] == "No license is installed."
 
 
+def test_show_prints_the_installed_text_which_installs_again(app, runner, tmp_path):
+    with app.app_context():
+        stored = wsgi.db.session.scalars(sa.select(InstalledLicense.text)).all()[-1]
+    result = runner.invoke(args=["licenses", "show"])
+    assert result.exit_code == 0, result.output
+    assert result.output == stored
+    saved = tmp_path / "saved.lic"
+    saved.write_text(result.output)
+    again = runner.invoke(args=["licenses", "install", str(saved)])
+    assert again.exit_code == 0 and again.output.startswith("License is valid."), again.output
+
+
+def test_show_without_a_license_says_so(app, runner):
+    with app.app_context():
+        wsgi.db.session.execute(sa.delete(InstalledLicense))
+        wsgi.db.session.commit()
+    result = runner.invoke(args=["licenses", "show"])
+    assert result.exit_code == 1
+    assert result.output == "Error: No license is installed.\n"
+
+
 def test_installing_a_changed_license_from_the_cli_names_the_problem(
     app, runner, make_license, tmp_path
 ):
