@@ -344,7 +344,12 @@ def _open_episodes(session, events: list[_Event]) -> None:
     for ev in events:
         by_pool[ev.pool].append(ev)
     now = max(ev.now for ev in events)
-    opened = [pool for pool in sorted(by_pool) if _open_episode(conn, pool, now)]
+    opened = []
+    for pool in sorted(by_pool):
+        # An expired license is told once by notice_license_state: a pool whose episode
+        # was already open is named too, since its limit now reads 0 for a new reason.
+        if _open_episode(conn, pool, now) or any(ev.trigger == "expired" for ev in by_pool[pool]):
+            opened.append(pool)
     if not opened:
         return
     used = _used(session)

@@ -370,7 +370,9 @@ def _read_held_seats(session, changes: list[_Change]) -> None:
     administrators moving someone). Each loaded the profile before the other committed, so
     the seat it remembers may be gone already. Touching the rows first takes their locks
     (PostgreSQL row locks; SQLite's write lock), so the read that follows sees the other
-    request's committed change and the counters move by the real difference only.
+    request's committed change and the counters move by the real difference only. A
+    profile whose row is gone was deleted by the other request, which freed its seat: this
+    flush is refused (PersonError), so the seat is not freed a second time.
     """
     ids = [
         change.profile.user_id
@@ -385,8 +387,18 @@ def _read_held_seats(session, changes: list[_Change]) -> None:
     rows = conn.execute(select(table.c.user_id, table.c.seat_pool).where(table.c.user_id.in_(ids)))
     held = {user_id: seat_pool for user_id, seat_pool in rows}
     for change in changes:
-        if change.profile is not None and change.profile.user_id in held:
-            change.held = held[change.profile.user_id]
+        if change.profile is None or change.profile.user_id not in ids:
+            continue
+        if change.profile.user_id not in held:
+            # Both rows are gone: forget them, so the caller's commit writes nothing of them.
+            for gone in (change.profile, change.user):
+                if gone in session:
+                    session.expunge(gone)
+            raise PersonError(
+                f"{adapter().get(change.user, 'username')} no longer exists: someone deleted "
+                "them a moment ago. Nothing was changed."
+            )
+        change.held = held[change.profile.user_id]
 
 
 def _move_counters(session, changes: list[_Change], now: datetime) -> None:

@@ -289,6 +289,26 @@ def test_an_expired_license_is_told_once(mail_app, smtp_server, install_license,
     assert len(smtp_server.messages) == 1
 
 
+def test_an_expiry_names_a_pool_whose_episode_was_already_open(
+    mail_app, smtp_server, install_license
+):
+    app = mail_app
+    set_responsible(app)
+    install_license(Expires="2026-12-31", intranet=1, extranet=5)
+    day = datetime(2026, 12, 30)
+    assert add(app, "holder", now=day)
+    assert add(app, "partner", area="partners", now=day)
+    assert not add(app, "refused", now=day)  # opens the intranet episode: one email
+    assert len(smtp_server.messages) == 1
+    with app.app_context():
+        assert notifications.notice_license_state(wsgi.db.session, datetime(2027, 1, 1))
+        wsgi.db.session.commit()
+    assert len(smtp_server.messages) == 2
+    expiry = smtp_server.messages[1][2]
+    assert "intranet" in expiry["Subject"] and "extranet" in expiry["Subject"]
+    assert "License expired on 2026-12-31" in body(expiry)
+
+
 def test_the_cli_status_notices_an_invalid_license(mail_app, smtp_server, runner, make_person):
     make_person("someone")
     set_responsible(mail_app)

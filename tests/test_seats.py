@@ -387,6 +387,36 @@ def test_the_same_action_twice_at_once_moves_the_counter_once(app, install_licen
     assert usage(app) == expected
 
 
+@pytest.mark.parametrize("second_action", ["delete", "block", "move"])
+def test_acting_on_a_person_deleted_a_moment_ago_is_refused(app, install_license, second_action):
+    install_license(intranet=10, extranet=10)
+    add(app, "gone")
+    add(app, "other")
+    with app.app_context():
+        first, second = _two_sessions(app)
+        users = [_loaded(first, "gone"), _loaded(second, "gone")]  # both load the old state
+        seats.delete(first, users[0], actor="t", now=utcnow(), path="test")
+        first.commit()
+        first.close()
+        with pytest.raises(seats.PersonError, match="gone no longer exists"):
+            if second_action == "delete":
+                seats.delete(second, users[1], actor="t", now=utcnow(), path="test")
+            elif second_action == "block":
+                seats.block(second, users[1], actor="t", now=utcnow(), path="test")
+            else:
+                seats.move(
+                    second, users[1], area="partners", readonly=False, actor="t",
+                    now=utcnow(), path="test",
+                )  # fmt: skip
+            second.flush()
+        second.commit()  # as the pages do after a refusal: nothing of the person is written
+        second.close()
+        findings = seats.recount(wsgi.db.session, actor="t", now=utcnow())
+        wsgi.db.session.rollback()
+    assert findings == []  # the seat was freed once
+    assert usage(app) == {"intranet": 1, "extranet": 0, "readonly": 0}
+
+
 def test_two_moves_of_one_person_to_different_pools_at_once(app, install_license):
     install_license(intranet=10, extranet=10, readonly=10)
     add(app, "mover")
