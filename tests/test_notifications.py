@@ -305,7 +305,8 @@ def test_an_expiry_names_a_pool_whose_episode_was_already_open(
         wsgi.db.session.commit()
     assert len(smtp_server.messages) == 2
     expiry = smtp_server.messages[1][2]
-    assert "intranet" in expiry["Subject"] and "extranet" in expiry["Subject"]
+    assert expiry["Subject"].endswith("License limit exceeded: extranet, intranet pools")
+    assert "Intranet pool: 1 in use, limit 0." in body(expiry)
     assert "License expired on 2026-12-31" in body(expiry)
 
 
