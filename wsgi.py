@@ -243,6 +243,16 @@ def _routes(app: Flask) -> None:
         except sso.SignInRefused as refusal:
             db.session.commit()  # only the audit record of the refusal; no profile is left
             return _login_page(form, sso_form, refusal=refusal), 403
+        if user.password_hash:
+            # The simulated provider vouches for anyone: it must not open password accounts
+            # (admin, sysadmin, ...), only people who come from the identity provider.
+            db.session.rollback()
+            flash(
+                f"{user.username} signs in with a password above; the simulated sign-in is "
+                "only for people who come from the identity provider.",
+                "error",
+            )
+            return _login_page(form, sso_form), 403
         session.clear()
         session["user_id"] = user.id
         user.last_login_at = utcnow()

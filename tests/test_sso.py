@@ -122,6 +122,14 @@ def test_a_blocked_or_waiting_person_is_told_which(
         assert refusal.value.kind == ("waiting" if reason == AWAITING_LICENSE else "blocked")
 
 
+@pytest.mark.parametrize("username", ["admin", "SYSADMIN"])
+def test_the_simulated_provider_never_opens_a_password_account(client, accounts, username):
+    response = client.post("/login/sso", data=sso_form(username))
+    assert response.status_code == 403
+    assert "signs in with a password above" in page_text(response)
+    assert client.get("/admin/licenses/").status_code == 302  # still signed out
+
+
 def test_claims_without_a_username_or_names_are_refused_in_words(app, install_license):
     install_license(intranet=5)
     with app.app_context():
