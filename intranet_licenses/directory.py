@@ -241,6 +241,9 @@ def read_directory(settings: DirectorySettings, progress=None) -> DirectoryListi
         raise_exceptions=False,
         read_only=True,
         auto_referrals=False,  # AD answers with referrals to other partitions: not followed
+        # Only raw values are read (see _person): without schema checks ldap3 does not also
+        # format every value (a third of the time of reading 100,000 people).
+        check_names=False,
     )
     try:
         try:
@@ -363,10 +366,18 @@ class _AreaScope:
     is_group: bool
 
 
+#: Characters that make a DN need the full parser (escapes, quotes, multi-valued RDNs).
+_DN_SPECIAL = frozenset('\\+";<>#')
+
+
 def _norm_dn(dn: str) -> str:
     """A DN compared without regard to case, spaces, or the order inside a multi-valued RDN."""
     from ldap3.utils.dn import parse_dn
 
+    if not any(ch in dn for ch in _DN_SPECIAL):  # the common DN: no parser needed
+        return ",".join(
+            "=".join(part.strip() for part in rdn.split("=", 1)) for rdn in dn.lower().split(",")
+        )
     try:
         parts = parse_dn(dn, escape=False, strip=True)
     except Exception:
