@@ -206,7 +206,12 @@ def child(phase: str, setup: dict) -> dict:
         result = app.test_cli_runner().invoke(args=["licenses", "sync-directory"])
         seconds = time.perf_counter() - start
         if result.exit_code != 0:
-            raise SystemExit(f"sync failed: {result.output}")
+            import traceback
+
+            trace = (
+                "".join(traceback.format_exception(*result.exc_info)) if result.exc_info else ""
+            )
+            raise SystemExit(f"sync failed: {result.output}{trace}")
         found = REPORT.search(result.output)
         counts = dict(zip(COUNTS, map(int, found.groups()), strict=True))
         return {

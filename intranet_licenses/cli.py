@@ -303,11 +303,12 @@ def sync_directory_command(url, bind_dn, password_file, base_dn, search_filter):
 
 def _sync_progress(stage: str, done: int, total: int | None) -> None:
     """A line on stderr every directory.PROGRESS_EVERY people (none for small directories)."""
-    what = {
-        "read": f"read {done:,} entries",
-        "apply": f"compared {done:,} of {total:,} listed people with their profiles",
-        "create": f"created {done:,} of {total:,} new people",
-    }[stage]
+    if stage == "read":
+        what = f"read {done:,} entries"
+    elif stage == "apply":
+        what = f"compared {done:,} of {total:,} listed people with their profiles"
+    else:
+        what = f"created {done:,} of {total:,} new people"
     click.echo(f"Directory sync: {what}...", err=True)
 
 

@@ -626,3 +626,19 @@ def test_a_sync_in_many_small_batches_keeps_every_rule(app, install_license, tre
     assert states(app)["b02"] == (False, BLOCKED_BY_DIRECTORY)
     assert states(app)["b03"] == (False, BLOCKED_BY_ADMIN)
     assert usage(app)["intranet"] == 9
+
+
+def test_the_command_shows_progress_for_a_large_directory(app, runner, install_license, tree,
+                                                          monkeypatch):  # fmt: skip
+    monkeypatch.setattr(directory, "PROGRESS_EVERY", 2)
+    monkeypatch.setattr(directory, "BATCH_SIZE", 2)
+    install_license(intranet=2)
+    for n in range(4):
+        tree.add_ad_user(f"pr{n}")
+    result = runner.invoke(args=["licenses", "sync-directory"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert "Directory sync: read 2 entries..." in lines
+    assert "Directory sync: compared 4 of 4 listed people with their profiles..." in lines
+    assert "Directory sync: created 4 of 4 new people..." in lines
+    assert "Directory sync: 2 created active, 2 created waiting" in result.output
