@@ -4,8 +4,10 @@ The sync has two halves. :func:`read_directory` talks to the server and returns 
 :class:`DirectoryPerson` records (and the entries it had to skip); it writes nothing, so an
 unreachable server, a refused bind or a search that fails half-way changes nothing.
 :func:`apply` then brings the profiles in line with what was read, only through the seat
-service (``seats.add_person``, ``block``, ``unblock``, ``move``, ``activate_waiting``), in one
-transaction that the caller commits: either the whole sync is kept or none of it.
+service (``seats.admit_or_wait``, ``block``, ``unblock``, ``move``, ``activate_waiting``), in
+one transaction that the caller commits: either the whole sync is kept or none of it. Both
+halves work in pages and batches of 500, with the listing in a spool file, so that a
+directory of 100,000 people costs about as much memory as one of 10,000 (issue 11).
 
 Order of the steps (it decides who gets a seat when seats are scarce):
 
