@@ -295,7 +295,12 @@ def sync_directory_command(url, bind_dn, password_file, base_dn, search_filter):
             search_filter=search_filter,
         )
         report = directory.sync(
-            session, settings, actor=cli_actor(), now=utcnow(), path="directory"
+            session,
+            settings,
+            actor=cli_actor(),
+            now=utcnow(),
+            path="directory",
+            progress=_sync_progress,
         )
     except directory.DirectoryError as exc:
         session.commit()  # only the audit record of the failed attempt; nothing else changed
@@ -303,6 +308,17 @@ def sync_directory_command(url, bind_dn, password_file, base_dn, search_filter):
     session.commit()
     for line in report.lines():
         click.echo(line)
+
+
+def _sync_progress(stage: str, done: int, total: int | None) -> None:
+    """A line on stderr every directory.PROGRESS_EVERY people (none for small directories)."""
+    if stage == "read":
+        what = f"read {done:,} entries"
+    elif stage == "apply":
+        what = f"compared {done:,} of {total:,} listed people with their profiles"
+    else:
+        what = f"created {done:,} of {total:,} new people"
+    click.echo(f"Directory sync: {what}...", err=True)
 
 
 # Notifications: the Responsible person and the mail outbox (issue 8) ---------------------

@@ -4,8 +4,10 @@ The sync has two halves. :func:`read_directory` talks to the server and returns 
 :class:`DirectoryPerson` records (and the entries it had to skip); it writes nothing, so an
 unreachable server, a refused bind or a search that fails half-way changes nothing.
 :func:`apply` then brings the profiles in line with what was read, only through the seat
-service (``seats.add_person``, ``block``, ``unblock``, ``move``, ``activate_waiting``), in one
-transaction that the caller commits: either the whole sync is kept or none of it.
+service (``seats.admit_or_wait``, ``block``, ``unblock``, ``move``, ``activate_waiting``), in
+one transaction that the caller commits: either the whole sync is kept or none of it. Both
+halves work in pages and batches of 500, with the listing in a spool file, so that a
+directory of 100,000 people costs about as much memory as one of 10,000 (issue 11).
 
 Order of the steps (it decides who gets a seat when seats are scarce):
 
@@ -21,16 +23,18 @@ So people who waited longest get freed seats first, and a new person never jumps
 
 from __future__ import annotations
 
+import json
 import os
 import ssl
+import tempfile
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, or_, select, text
 
-from . import audit, seats
+from . import audit, notifications, seats
 from .errors import LicensesError
 from .extension import adapter, config
 from .models import AWAITING_LICENSE, BLOCKED_BY_DIRECTORY, PRIMARY_AREA, Profile
@@ -52,6 +56,12 @@ ATTRIBUTES = [
 ACCOUNTDISABLE = 0x2
 #: Entries asked for per page of the paged search.
 PAGE_SIZE = 500
+#: Listed people applied per batch: one query finds their profiles, one flush creates the new.
+BATCH_SIZE = 500
+#: A listing larger than this (bytes) waits in a temporary file, not in memory.
+SPOOL_IN_MEMORY = 4 * 2**20
+#: Progress is reported every this many people (smaller syncs report none).
+PROGRESS_EVERY = 10_000
 #: Skipped entries listed one by one in a report (the count is always complete).
 LISTED_SKIPS = 50
 
@@ -162,14 +172,73 @@ class Skipped:
     directory_id: str | None = None
 
 
+class _Spool:
+    """People kept in the order they were added, in a temporary file once there are many.
+
+    A directory of 100,000 people is about 20 MB of records: they wait on disk (the file is
+    private to the process and removed when closed), so the sync's memory does not grow
+    with the directory. Written first, then read back (any number of times).
+    """
+
+    def __init__(self, people=()):
+        self._file = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
+        self._count = 0
+        self._reading = False
+        for person in people:
+            self.append(person)
+
+    def append(self, person: DirectoryPerson) -> None:
+        if self._reading:  # a read stopped half-way left the position inside the file
+            self._file.seek(0, os.SEEK_END)
+            self._reading = False
+        self._file.write(json.dumps(_fields(person), ensure_ascii=False).encode() + b"\n")
+        self._count += 1
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self):
+        self._reading = True
+        self._file.seek(0)
+        for line in self._file:
+            yield DirectoryPerson(*json.loads(line))
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _fields(person: DirectoryPerson) -> list:
+    return [person.directory_id, person.username, person.first_name, person.surname,
+            person.email, person.disabled, person.area, person.dn]  # fmt: skip
+
+
 @dataclass
 class DirectoryListing:
-    people: list[DirectoryPerson]
+    """What a read found: the people (iterable, with ``len``), the skipped entries, and the
+    stable ids of the people (computed when not given)."""
+
+    people: object
     skipped: list[Skipped]
+    ids: set[str] | None = None
+
+    def __post_init__(self):
+        if self.ids is None:
+            self.ids = {p.directory_id for p in self.people}
+
+    def close(self) -> None:
+        if isinstance(self.people, _Spool):
+            self.people.close()
 
 
-def read_directory(settings: DirectorySettings) -> DirectoryListing:
-    """Read every person under the base DN with a paged search. Raises DirectoryError."""
+def read_directory(settings: DirectorySettings, progress=None) -> DirectoryListing:
+    """Read every person under the base DN with a paged search. Raises DirectoryError.
+
+    Page by page (``PAGE_SIZE``), each person written to a spool as it is read: only the
+    stable ids and usernames seen (for the duplicate checks) stay in memory. ldap3's own
+    ``paged_search`` generator is not used: it keeps every response in a list, and with
+    ``raise_exceptions=False`` it ends quietly on an error instead of saying so.
+    ``progress(n)`` is called with the entries read so far, every ``PROGRESS_EVERY``.
+    Close the listing when done (``listing.close()``)."""
     import ldap3
     from ldap3.core.exceptions import LDAPException, LDAPInvalidFilterError
 
@@ -181,6 +250,8 @@ def read_directory(settings: DirectorySettings) -> DirectoryListing:
         )
     except LDAPException as exc:
         raise DirectoryError(f"'{settings.url}' is not a usable directory URL ({exc}).") from None
+    people = _Spool()
+    handed_back = False
     conn = ldap3.Connection(
         server,
         user=settings.bind_dn or None,
@@ -189,6 +260,9 @@ def read_directory(settings: DirectorySettings) -> DirectoryListing:
         raise_exceptions=False,
         read_only=True,
         auto_referrals=False,  # AD answers with referrals to other partitions: not followed
+        # Only raw values are read (see _person): without schema checks ldap3 does not also
+        # format every value (a third of the time of reading 100,000 people).
+        check_names=False,
     )
     try:
         try:
@@ -206,8 +280,8 @@ def read_directory(settings: DirectorySettings) -> DirectoryListing:
                 " Nothing was changed; check the bind DN and password."
             )
         groups = _area_groups(conn, settings)
-        people: list[DirectoryPerson] = []
         skipped: list[Skipped] = []
+        read = 0
         seen_ids: set[str] = set()
         seen_names: set[str] = set()
         cookie = None
@@ -236,6 +310,9 @@ def read_directory(settings: DirectorySettings) -> DirectoryListing:
             for entry in conn.response or []:
                 if entry.get("type") != "searchResEntry":
                     continue
+                read += 1
+                if progress is not None and read % PROGRESS_EVERY == 0:
+                    progress(read)
                 outcome = _person(entry["dn"], entry["raw_attributes"], settings, groups)
                 if isinstance(outcome, Skipped):
                     skipped.append(outcome)
@@ -262,7 +339,9 @@ def read_directory(settings: DirectorySettings) -> DirectoryListing:
             cookie = controls.get("1.2.840.113556.1.4.319", {}).get("value", {}).get("cookie")
             if not cookie:
                 break
-        return DirectoryListing(people, skipped)
+        del seen_names
+        handed_back = True
+        return DirectoryListing(people, skipped, ids=seen_ids)
     except LDAPException as exc:
         raise DirectoryError(
             f"The connection to the directory server at {settings.url} failed during the sync "
@@ -270,6 +349,8 @@ def read_directory(settings: DirectorySettings) -> DirectoryListing:
         ) from None
     finally:
         _close(conn)
+        if not handed_back:
+            people.close()
 
 
 def _close(conn) -> None:
@@ -304,10 +385,18 @@ class _AreaScope:
     is_group: bool
 
 
+#: Characters that make a DN need the full parser (escapes, quotes, multi-valued RDNs).
+_DN_SPECIAL = frozenset('\\+";<>#')
+
+
 def _norm_dn(dn: str) -> str:
     """A DN compared without regard to case, spaces, or the order inside a multi-valued RDN."""
     from ldap3.utils.dn import parse_dn
 
+    if not any(ch in dn for ch in _DN_SPECIAL):  # the common DN: no parser needed
+        return ",".join(
+            "=".join(part.strip() for part in rdn.split("=", 1)) for rdn in dn.lower().split(",")
+        )
     try:
         parts = parse_dn(dn, escape=False, strip=True)
     except Exception:
@@ -513,13 +602,28 @@ class SyncReport:
         return out
 
 
-def sync(session, settings: DirectorySettings, *, actor: str, now: datetime, path: str):
+def sync(
+    session,
+    settings: DirectorySettings,
+    *,
+    actor: str,
+    now: datetime,
+    path: str,
+    progress=None,
+):
     """Read the directory, then apply it. Raises DirectoryError (nothing changed) or
     returns a SyncReport. The caller commits (also after a DirectoryError, to keep the
-    audit record of the failed attempt)."""
+    audit record of the failed attempt).
+
+    ``progress(stage, done, total)``, when given, is called every ``PROGRESS_EVERY`` people:
+    stage ``read`` (total None) while reading, then ``apply`` and ``create``."""
     try:
-        listing = read_directory(settings)
-        return apply(session, listing, actor=actor, now=now, path=path)
+        read_progress = None if progress is None else (lambda n: progress("read", n, None))
+        listing = read_directory(settings, progress=read_progress)
+        try:
+            return apply(session, listing, actor=actor, now=now, path=path, progress=progress)
+        finally:
+            listing.close()
     except DirectoryError as exc:
         audit.record(
             session,
@@ -533,103 +637,213 @@ def sync(session, settings: DirectorySettings, *, actor: str, now: datetime, pat
         raise
 
 
-def apply(session, listing: DirectoryListing, *, actor: str, now: datetime, path: str):
-    """Bring the profiles in line with ``listing`` (see the module docstring for the order)."""
-    ad = adapter()
-    report = SyncReport(skipped=list(listing.skipped))
-    by_id = {
-        directory_id: user_id
-        for user_id, directory_id in session.execute(
-            select(Profile.user_id, Profile.directory_id).where(Profile.directory_id.is_not(None))
-        )
-    }
-    # Load every directory profile and its user in a few queries (not one per person); the
-    # list keeps them in the session's identity map, so session.get() below finds them.
-    loaded = _load(session, list(by_id.values()))
-    listed_ids = {p.directory_id for p in listing.people}
-    # Entries skipped as malformed are still in the directory: never "gone" because of that.
-    known_ids = listed_ids | {s.directory_id for s in listing.skipped if s.directory_id}
-    if not listing.people and not listing.skipped and by_id:
-        raise DirectoryError(
-            "The directory listed nobody under this base DN and filter, but "
-            f"{len(by_id)} profiles came from the directory. Nothing was changed: check "
-            "the base DN and the filter (a sync never blocks everyone at once)."
-        )
+@dataclass(frozen=True)
+class _Row:
+    """What the sync compares for one profile, read with its user in one Core query."""
 
-    new_people: list[DirectoryPerson] = []
-    #: What happened to each listed person who has a profile (one count per person).
-    outcome: dict[int, str] = {}
-    enabled_waiting: set[int] = set()
-    reenabled: list[int] = []
-    for person in listing.people:
-        user_id = by_id.get(person.directory_id)
-        if user_id is None:
-            user_id = _adopt(session, person, known_ids, report)
-            if user_id is False:
-                continue
-        if user_id is None:
-            if person.disabled:
+    user_id: int
+    directory_id: str | None
+    exempt: bool
+    block_reason: str | None
+    area: str
+    username: str
+    first_name: str | None
+    surname: str | None
+    email: str | None
+    active: bool
+
+
+def _rows(session, where) -> list[_Row]:
+    ad = adapter()
+    columns = [
+        Profile.user_id,
+        Profile.directory_id,
+        Profile.exempt,
+        Profile.block_reason,
+        Profile.area,
+        *(ad.column(name) for name in ("username", "first_name", "surname", "email", "active")),
+    ]
+    query = select(*columns).join(ad.model, ad.column("id") == Profile.user_id).where(where)
+    return [_Row(*row) for row in session.execute(query)]
+
+
+def _needs_work(row: _Row, person: DirectoryPerson) -> bool:
+    """True when the profile must change: names, username, area, or a block."""
+    return (
+        (row.first_name or "") != person.first_name
+        or (row.surname or "") != person.surname
+        or (row.email or "") != person.email
+        or row.username != person.username
+        or (person.area is not None and person.area != row.area)
+        or (person.disabled and (bool(row.active) or row.block_reason == AWAITING_LICENSE))
+    )
+
+
+def _queue(person: DirectoryPerson, block_reason, active: bool) -> str | None:
+    """Which later step a listed, enabled person goes to: 'waiting', 'reenabled' or None."""
+    if person.disabled:
+        return None
+    if block_reason == AWAITING_LICENSE:
+        return "waiting"
+    if block_reason == BLOCKED_BY_DIRECTORY and not active:
+        return "reenabled"
+    return None
+
+
+def _batches(items, size: int):
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def apply(
+    session,
+    listing: DirectoryListing,
+    *,
+    actor: str,
+    now: datetime,
+    path: str,
+    progress=None,
+):
+    """Bring the profiles in line with ``listing`` (see the module docstring for the order).
+
+    In batches of ``BATCH_SIZE`` listed people: one Core query reads their profiles and
+    users; only people whose profile changes are loaded as ORM objects and go through the
+    seat service one by one (updates, blocks, moves: few in a nightly sync); new people are
+    set aside in a spool and created at the end, a batch per flush, by
+    ``seats.admit_or_wait``. What stays in memory is the set of listed stable ids and the
+    user ids of people queued for steps 3 and 4.
+    """
+    report = SyncReport(skipped=list(listing.skipped))
+    # Entries skipped as malformed are still in the directory: never "gone" because of that.
+    known_ids = listing.ids | {s.directory_id for s in listing.skipped if s.directory_id}
+    if not len(listing.people) and not listing.skipped:
+        count = session.execute(
+            select(func.count()).where(Profile.directory_id.is_not(None))
+        ).scalar()
+        if count:
+            raise DirectoryError(
+                "The directory listed nobody under this base DN and filter, but "
+                f"{count} profiles came from the directory. Nothing was changed: check "
+                "the base DN and the filter (a sync never blocks everyone at once)."
+            )
+    shown = Counter()  # progress reports made per stage
+
+    def report_progress(stage: str, done: int, of: int) -> None:
+        if progress is not None and done // PROGRESS_EVERY > shown[stage]:
+            shown[stage] = done // PROGRESS_EVERY
+            progress(stage, done, of)
+
+    new_people = _Spool()
+    try:
+        return _apply(session, listing, new_people, report, known_ids, progress=report_progress,
+                      actor=actor, now=now, path=path)  # fmt: skip
+    finally:
+        new_people.close()
+
+
+def _apply(session, listing, new_people, report, known_ids, *, progress, actor, now, path):
+    """The steps of :func:`apply`, in order; ``new_people`` is the spool for step 5."""
+    ad = adapter()
+    if session.get_bind().dialect.name == "postgresql":
+        # The planner's statistics know nothing of the people this transaction inserts, nor,
+        # until autovacuum has run, of a large sync just committed: it takes the profiles
+        # for a few rows and scans them for each batch's 500 keys (1.4 s a query at 100,000
+        # people, so a first sync grew with the square of its size). The lookups by stable
+        # id and username have unique indexes: use them. SET LOCAL ends with the transaction.
+        session.execute(text("SET LOCAL enable_seqscan = off"))
+    total = len(listing.people)
+    tally: Counter = Counter()
+    #: Steps 3 and 4: user id -> what step 1 did to them (the final count may change it).
+    waiting: dict[int, str] = {}
+    reenabled: dict[int, str] = {}
+    done = 0
+    for batch in _batches(listing.people, BATCH_SIZE):
+        rows = {r.directory_id: r for r in _rows(session, Profile.directory_id.in_(
+            [p.directory_id for p in batch]))}  # fmt: skip
+        unmatched = []
+        for person in batch:
+            row = rows.get(person.directory_id)
+            if row is None:
+                unmatched.append(person)
+            elif row.exempt:
+                report.skipped.append(
+                    Skipped(person.dn, "it is the administrator account, which no sync changes")
+                )
+            elif _needs_work(row, person):
+                _sort(waiting, reenabled, tally, *_listed(session, person, row.user_id, report,
+                      actor=actor, now=now, path=path))  # fmt: skip
+            else:
+                _sort(waiting, reenabled, tally, row.user_id, "unchanged",
+                      _queue(person, row.block_reason, bool(row.active)))  # fmt: skip
+        # Listed people without a directory profile: link a profile of the same username
+        # (looked up for the whole batch at once), else they are new.
+        keys = {person.username.strip().lower() for person in unmatched}
+        same_name = set(
+            session.scalars(select(Profile.username_key).where(Profile.username_key.in_(keys)))
+        )
+        for person in unmatched:
+            user_id = None
+            if person.username.strip().lower() in same_name:
+                user_id = _adopt(session, person, known_ids, report)
+                if user_id is False:
+                    continue
+            if user_id is not None:
+                _sort(waiting, reenabled, tally, *_listed(session, person, user_id, report,
+                      actor=actor, now=now, path=path))  # fmt: skip
+            elif person.disabled:
                 report.disabled_not_created += 1
             else:
                 new_people.append(person)
-            continue
-        if user_id in outcome:
-            continue
-        user = session.get(ad.model, user_id)
-        profile = session.get(Profile, user_id)
-        if profile.exempt:
-            report.skipped.append(
-                Skipped(person.dn, "it is the administrator account, which no sync changes")
-            )
-            outcome[user_id] = "skipped"
-            continue
-        changed = _update_identity(session, user, profile, person, report, now=now)
-        changed = _update_area(session, user, profile, person, report, actor, now, path) or changed
-        outcome[user_id] = "updated" if changed else "unchanged"
-        active = bool(ad.get(user, "active"))
-        if person.disabled:
-            if active or profile.block_reason == AWAITING_LICENSE:
-                seats.block(
-                    session, user, reason=BLOCKED_BY_DIRECTORY, actor=actor, now=now, path=path
-                )
-                outcome[user_id] = "blocked"
-        elif profile.block_reason == AWAITING_LICENSE:
-            enabled_waiting.add(user_id)
-        elif profile.block_reason == BLOCKED_BY_DIRECTORY and not active:
-            reenabled.append(user_id)
+        done += len(batch)
+        progress("apply", done, total)
 
     # Gone from the directory: only profiles that came from it, and never deleted.
-    for directory_id, user_id in by_id.items():
-        if directory_id in known_ids or user_id in outcome:
-            continue
-        user = session.get(ad.model, user_id)
-        profile = session.get(Profile, user_id)
-        if user is None or profile is None or profile.exempt:
-            continue
-        if ad.get(user, "active") or profile.block_reason == AWAITING_LICENSE:
-            seats.block(
-                session, user, reason=BLOCKED_BY_DIRECTORY, actor=actor, now=now, path=path
+    gone = [
+        user_id
+        for user_id, directory_id in session.execute(
+            select(Profile.user_id, Profile.directory_id)
+            .join(ad.model, ad.column("id") == Profile.user_id)
+            .where(
+                Profile.directory_id.is_not(None),
+                Profile.exempt.is_(False),
+                or_(ad.column("active").is_(True), Profile.block_reason == AWAITING_LICENSE),
             )
-            report.blocked += 1
+            .execution_options(yield_per=2000)
+        )
+        if directory_id not in known_ids
+    ]
+    for user_id in gone:
+        user = session.get(ad.model, user_id)
+        seats.block(session, user, reason=BLOCKED_BY_DIRECTORY, actor=actor, now=now, path=path)
+        report.blocked += 1
 
     # Waiting people the directory still lists and enables, oldest first.
-    if enabled_waiting:
-        seats.activate_waiting(session, actor=actor, now=now, path=path, only_ids=enabled_waiting)
-        for user_id in enabled_waiting:
-            if ad.get(session.get(ad.model, user_id), "active"):
-                outcome[user_id] = "activated"
+    if waiting:
+        result = seats.activate_waiting(
+            session, actor=actor, now=now, path=path, only_ids=waiting.keys()
+        )
+        for user_id in result.activated_ids:
+            waiting[user_id] = "activated"
+        tally.update(waiting.values())
+    del waiting
 
     # People the directory enabled again: a free seat, else the end of the queue.
-    for user_id in reenabled:
+    for user_id, outcome in reenabled.items():
         user = session.get(ad.model, user_id)
         try:
             seats.unblock(session, user, actor=actor, now=now, path=path, action="activate")
-            outcome[user_id] = "activated"
+            outcome = "activated"
         except seats.SeatLimitExceeded:
             seats.block(session, user, reason=AWAITING_LICENSE, actor=actor, now=now, path=path)
-            outcome[user_id] = "requeued"
+            outcome = "requeued"
+        tally[outcome] += 1
 
-    tally = Counter(outcome.values())
     report.activated += tally["activated"]
     report.blocked += tally["blocked"]
     report.updated += tally["updated"]
@@ -637,31 +851,56 @@ def apply(session, listing: DirectoryListing, *, actor: str, now: datetime, path
     report.requeued += tally["requeued"]
 
     # New people: active while seats are free, else created waiting (rule 3).
-    for person in new_people:
-        try:
-            user = seats.add_person(
-                session,
-                username=person.username,
-                first_name=person.first_name,
-                surname=person.surname,
-                email=person.email,
-                area=person.area or PRIMARY_AREA,
-                source="directory",
-                path=path,
-                actor=actor,
-                now=now,
-                wait_when_full=True,
-                directory_id=person.directory_id,
-            )
-        except seats.PersonError as exc:
-            report.skipped.append(Skipped(person.dn, str(exc), person.directory_id))
-            continue
-        if ad.get(user, "active"):
-            report.created_active += 1
-        else:
-            report.created_waiting += 1
+    created_waiting: Counter = Counter()
+    waiting_names: dict[str, list[str]] = {}
+    done = 0
+    for batch in _batches(new_people, BATCH_SIZE):
+        dns = {person.directory_id: person.dn for person in batch}
+        admitted = seats.admit_or_wait(
+            session,
+            [
+                seats.NewPerson(
+                    username=person.username,
+                    first_name=person.first_name,
+                    surname=person.surname,
+                    email=person.email,
+                    area=person.area or PRIMARY_AREA,
+                    directory_id=person.directory_id,
+                )
+                for person in batch
+            ],
+            source="directory",
+            path=path,
+            actor=actor,
+            now=now,
+        )
+        for person, why in admitted.refused:
+            report.skipped.append(Skipped(dns[person.directory_id], str(why), person.directory_id))
+        for person, active in admitted.created:
+            if active:
+                report.created_active += 1
+            else:
+                report.created_waiting += 1
+                pool = seats.pool_for(person.area, person.readonly)
+                created_waiting[pool] += 1
+                names = waiting_names.setdefault(pool, [])
+                if len(names) < 20:
+                    names.append(person.username)
+        done += len(batch)
+        progress("create", done, len(new_people))
+    # The totals of all batches, so the Responsible person's email counts them all.
+    for pool, count in sorted(created_waiting.items()):
+        notifications.exceeded(
+            session,
+            pool=pool,
+            trigger="waiting",
+            path=path,
+            usernames=waiting_names[pool],
+            count=count,
+            now=now,
+        )
 
-    report.waiting = _waiting_listed(session, listed_ids)
+    report.waiting = _waiting_listed(session, listing.ids)
     audit.record(
         session,
         at=now,
@@ -674,18 +913,40 @@ def apply(session, listing: DirectoryListing, *, actor: str, now: datetime, path
         if count:
             record_exceeded(session, pool=pool, waiting=count, actor=actor, now=now, path=path)
     session.flush()
-    del loaded
     return report
 
 
-def _load(session, user_ids: list[int], chunk: int = 500) -> list:
+def _sort(waiting: dict, reenabled: dict, tally: Counter, user_id, outcome, queue) -> None:
+    """Count a listed person's outcome, or keep it for step 3 or 4 (which may change it)."""
+    if queue == "waiting":
+        waiting[user_id] = outcome
+    elif queue == "reenabled":
+        reenabled[user_id] = outcome
+    else:
+        tally[outcome] += 1
+
+
+def _listed(session, person, user_id: int, report, *, actor, now, path):
+    """A listed person whose profile changes (the ORM path): names, username, area, block.
+
+    Returns (user id, outcome, queue) for :func:`_sort`.
+    """
     ad = adapter()
-    loaded: list = []
-    for start in range(0, len(user_ids), chunk):
-        part = user_ids[start : start + chunk]
-        loaded += session.scalars(select(ad.model).where(ad.column("id").in_(part))).all()
-        loaded += session.scalars(select(Profile).where(Profile.user_id.in_(part))).all()
-    return loaded
+    user = session.get(ad.model, user_id)
+    profile = session.get(Profile, user_id)
+    if profile.exempt:
+        report.skipped.append(
+            Skipped(person.dn, "it is the administrator account, which no sync changes")
+        )
+        return user_id, "skipped", None
+    changed = _update_identity(session, user, profile, person, report, now=now)
+    changed = _update_area(session, user, profile, person, report, actor, now, path) or changed
+    outcome = "updated" if changed else "unchanged"
+    active = bool(ad.get(user, "active"))
+    if person.disabled and (active or profile.block_reason == AWAITING_LICENSE):
+        seats.block(session, user, reason=BLOCKED_BY_DIRECTORY, actor=actor, now=now, path=path)
+        return user_id, "blocked", None
+    return user_id, outcome, _queue(person, profile.block_reason, active)
 
 
 def record_exceeded(session, *, pool: str, waiting: int, actor: str, now: datetime, path: str):

@@ -24,13 +24,22 @@ are committed or rolled back together.
 
 Because the listener sees every flush, host code that writes the user model through the
 ORM is held to the same rule (the "safety net"); raw SQL is not seen (see the README).
+
+Many people at once (:func:`add_many` for CSV, :func:`admit_or_wait` for a directory sync)
+go through the same listener: one flush per batch, so one conditional UPDATE per pool per
+batch. :func:`admit_or_wait` reads a pool's free seats, marks that many of the batch active
+and the rest awaiting a license, and flushes; the read only decides how many to *ask* for.
+If another transaction took seats in between, the conditional UPDATE matches no row, the
+listener refuses before any row is written, and the batch is asked again with the smaller
+free count (a loop that ends: each refusal means the committed count rose, and asking for
+no seat is never refused).
 """
 
 from __future__ import annotations
 
 import unicodedata
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from email_validator import EmailNotValidError, validate_email
@@ -798,6 +807,8 @@ def move(session, user, *, area: str, readonly: bool, actor: str, now: datetime,
 class ActivationResult:
     activated: list[str]
     still_waiting: int
+    #: The user ids of the people activated (in the order they were activated).
+    activated_ids: list[int] = field(default_factory=list)
 
 
 def activate_waiting(
@@ -816,6 +827,7 @@ def activate_waiting(
     )
     full: set[str] = set()
     activated: list[str] = []
+    activated_ids: list[int] = []
     still_waiting = 0
     for user_id, pool in session.execute(query).all():
         if only_ids is not None and user_id not in only_ids:
@@ -831,7 +843,8 @@ def activate_waiting(
             still_waiting += 1
             continue
         activated.append(ad.get(user, "username"))
-    return ActivationResult(activated, still_waiting)
+        activated_ids.append(user_id)
+    return ActivationResult(activated, still_waiting, activated_ids)
 
 
 def recount(session, *, actor: str, now: datetime) -> list[str]:
@@ -984,6 +997,8 @@ class NewPerson:
     readonly: bool = False
     #: False: created blocked by an administrator, taking no seat.
     active: bool = True
+    #: The directory's stable id (directory sync only).
+    directory_id: str | None = None
 
 
 def add_many(
@@ -1060,3 +1075,158 @@ def add_many(
     if batch:
         flush_batch()
     return created
+
+
+@dataclass
+class Admitted:
+    """What :func:`admit_or_wait` did with one batch."""
+
+    #: (person, True when active / False when awaiting a license), in the batch's order.
+    created: list[tuple[NewPerson, bool]] = field(default_factory=list)
+    #: (person, why) for people not created: their username or email is taken.
+    refused: list[tuple[NewPerson, PersonError]] = field(default_factory=list)
+
+
+def admit_or_wait(
+    session, people: list[NewPerson], *, source: str, path: str, actor: str, now: datetime
+) -> Admitted:
+    """Create a batch of checked people in one flush (rule 3, directory sync only): in each
+    pool as many active as it has free seats, taken with one conditional UPDATE of its
+    counter, and the others blocked, awaiting a license, in the batch's order (so the first
+    listed get the seats and the rest queue behind everyone already waiting).
+
+    ``people`` hold fields already cleaned by :func:`check_person_fields` and canonical area
+    names. A username (or, for hosts with ``unique_email``, an email) that is taken,
+    also within the batch, is not created and comes back in ``refused``. Audit rows are
+    written for everyone created, and an exceeded event is reported per pool for this batch;
+    a caller that creates several batches reports its totals too (see
+    ``notifications.exceeded``). Nothing is committed here. Keep batches to a few hundred
+    people: they are ORM objects until the flush (the host's ``new_user`` builds each).
+    """
+    ad = adapter()
+    result = Admitted()
+    people = _not_taken(session, people, result)
+    batch = []
+    for person in people:
+        user = ad.new_user(
+            username=person.username,
+            first_name=person.first_name,
+            surname=person.surname,
+            email=person.email,
+        )
+        info = inspect(user).info
+        info["licenses_path"] = path
+        info["licenses_profile"] = {
+            "area": person.area,
+            "readonly": person.readonly,
+            "source": source,
+            "directory_id": person.directory_id,
+            "created_at": now,
+        }
+        session.add(user)
+        batch.append((person, user, pool_for(person.area, person.readonly)))
+    if not batch:
+        return result
+    pools = {pool for _, _, pool in batch}
+    while True:
+        with session.no_autoflush:  # the batch is flushed below, once it is marked
+            limits = licensing.limits(session, now.date())
+            used = usage(session)
+        free = {p: None if limits[p] is None else max(limits[p] - used[p], 0) for p in pools}
+        result.created = []
+        for person, user, pool in batch:
+            active = free[pool] is None or free[pool] > 0
+            if active and free[pool] is not None:
+                free[pool] -= 1
+            ad.set(user, "active", active)
+            inspect(user).info["licenses_profile"].update(
+                block_reason=None if active else AWAITING_LICENSE,
+                waiting_since=None if active else now,
+            )
+            result.created.append((person, active))
+        try:
+            _flush(session, now)  # the listener takes the seats: the one gate
+            break
+        except SeatLimitExceeded:
+            continue  # seats were taken since they were read: nothing written, ask again
+
+    waiting = Counter()
+    names: dict[str, list[str]] = {}
+    events = []
+    sentence = {}
+    for person, active in result.created:
+        pool = pool_for(person.area, person.readonly)
+        event = {"at": now, "actor": actor, "action": "add", "path": path,
+                 "subject": person.username, "pool": pool}  # fmt: skip
+        if not active:
+            if pool not in sentence:
+                status = licensing.current(session, now.date()).status
+                sentence[pool] = str(
+                    SeatLimitExceeded(
+                        pool,
+                        licensing.limits(session, now.date())[pool],
+                        _used(session.connection(), pool),
+                        why=None if status.valid else status.sentence,
+                    )
+                )
+            event |= {"outcome": "waiting", "detail": sentence[pool]}
+            waiting[pool] += 1
+            if len(names.setdefault(pool, [])) < 20:
+                names[pool].append(person.username)
+        events.append(event)
+    audit.record_many(session, events)
+    for pool, count in sorted(waiting.items()):
+        notifications.exceeded(
+            session,
+            pool=pool,
+            trigger="waiting",
+            path=path,
+            usernames=names[pool],
+            count=count,
+            now=now,
+        )
+    return result
+
+
+def _not_taken(session, people: list[NewPerson], result: Admitted) -> list[NewPerson]:
+    """The people whose username (and email, when the host needs it unique) is free."""
+    ad = adapter()
+    keys = {_key(p.username) for p in people}
+    taken = set(
+        session.scalars(select(Profile.username_key).where(Profile.username_key.in_(keys)))
+    )
+    emails: set[str] = set()
+    if ad.unique_email:
+        wanted = {_key(p.email) for p in people if p.email}
+        found = select(Profile.email_key).where(Profile.email_key.in_(wanted))
+        emails = set(session.scalars(found))
+    free = []
+    for person in people:
+        key, email = _key(person.username), _key(person.email)
+        if key in taken:
+            result.refused.append(
+                (
+                    person,
+                    PersonError(
+                        f"A person with the username '{person.username}' already exists "
+                        "(usernames are compared without regard to case)."
+                    ),
+                )
+            )
+            continue
+        if ad.unique_email and email and email in emails:
+            result.refused.append(
+                (
+                    person,
+                    PersonError(
+                        f"{person.username}: another person already has the email address "
+                        f"{person.email}."
+                    ),
+                )
+            )
+            continue
+        taken.add(key)
+        if email:
+            emails.add(email)
+        free.append(person)
+    return free

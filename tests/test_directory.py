@@ -607,3 +607,76 @@ def test_a_waiting_person_disabled_in_the_directory_is_not_activated(app, instal
     assert report.blocked == 1 and report.activated == 0
     assert states(app)["bea"] == (False, BLOCKED_BY_DIRECTORY)
     assert usage(app)["intranet"] == 0
+
+
+def test_a_sync_in_many_small_batches_keeps_every_rule(app, install_license, tree, monkeypatch):
+    """Batches of 4, the listing spooled to disk, progress every 5: the same outcome as one
+    batch (first listed get the seats, the rest wait, renames, blocks, gone, queue)."""
+    monkeypatch.setattr(directory, "BATCH_SIZE", 4)
+    monkeypatch.setattr(directory, "PROGRESS_EVERY", 5)
+    monkeypatch.setattr(directory, "SPOOL_IN_MEMORY", 200)
+    install_license(intranet=9)
+    dns = [tree.add_ad_user(f"b{n:02d}") for n in range(14)]
+    tree.add_ad_user("off", disabled=True)
+    seen = []
+
+    def run():
+        with app.app_context():
+            session = wsgi.db.session
+            report = directory.sync(
+                session,
+                directory.settings_from_config(),
+                actor="tester",
+                now=utcnow(),
+                path="directory",
+                progress=lambda *args: seen.append(args),
+            )
+            session.commit()
+            return report
+
+    report = run()
+    assert (report.created_active, report.created_waiting, report.disabled_not_created) == (
+        9,
+        5,
+        1,
+    )
+    # Per batch, once past each multiple of PROGRESS_EVERY (15 listed, 14 of them new).
+    assert seen == [("read", 5, None), ("read", 10, None), ("read", 15, None),
+                    ("apply", 8, 15), ("apply", 12, 15), ("apply", 15, 15),
+                    ("create", 8, 14), ("create", 12, 14)]  # fmt: skip
+    assert usage(app)["intranet"] == 9
+    queue = waiting_queue(app)
+    assert len(queue) == 5
+
+    # A rename, a disabled account, one gone, an admin block: seats free up for the queue.
+    tree.set(dns[0], sAMAccountName="b00-renamed")
+    tree.disable(dns[1])
+    tree.remove(dns[2])
+    admin_block(app, "b03")
+    seen.clear()
+    report = run()
+    assert (report.updated, report.blocked, report.activated) == (1, 2, 3)
+    assert report.unchanged == 14 - 3 - 3  # b03 (still the admin's block), b04..b13 less 3
+    assert set(queue[:3]) <= active_names(app)
+    assert waiting_queue(app) == queue[3:]
+    assert states(app)["b00-renamed"] == (True, None)
+    assert states(app)["b01"] == (False, BLOCKED_BY_DIRECTORY)
+    assert states(app)["b02"] == (False, BLOCKED_BY_DIRECTORY)
+    assert states(app)["b03"] == (False, BLOCKED_BY_ADMIN)
+    assert usage(app)["intranet"] == 9
+
+
+def test_the_command_shows_progress_for_a_large_directory(app, runner, install_license, tree,
+                                                          monkeypatch):  # fmt: skip
+    monkeypatch.setattr(directory, "PROGRESS_EVERY", 2)
+    monkeypatch.setattr(directory, "BATCH_SIZE", 2)
+    install_license(intranet=2)
+    for n in range(4):
+        tree.add_ad_user(f"pr{n}")
+    result = runner.invoke(args=["licenses", "sync-directory"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert "Directory sync: read 2 entries..." in lines
+    assert "Directory sync: compared 4 of 4 listed people with their profiles..." in lines
+    assert "Directory sync: created 4 of 4 new people..." in lines
+    assert "Directory sync: 2 created active, 2 created waiting" in result.output

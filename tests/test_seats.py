@@ -529,3 +529,108 @@ def test_recount_repairs_profiles_changed_behind_its_back(database, request, app
     assert "nothing was repaired" in again.output
     with app.app_context():
         wsgi.db.engine.dispose()
+
+
+# Many at once, waiting when full (directory sync, rule 3) ------------------------------
+
+
+def admit(app, names, **kwargs):
+    """seats.admit_or_wait for people ``names`` (primary area unless ``area``); commits."""
+    area = kwargs.pop("area", "primary")
+    with app.app_context():
+        session = wsgi.db.session
+        result = seats.admit_or_wait(
+            session,
+            [
+                seats.NewPerson(
+                    name,
+                    "First",
+                    "Last",
+                    f"{name}@example.com",
+                    area=area,
+                    directory_id=f"id-{name}",
+                )
+                for name in names
+            ],  # fmt: skip
+            source="directory",
+            path="directory",
+            actor="tester",
+            now=kwargs.pop("now", utcnow()),
+        )
+        session.commit()
+        return [(p.username, active) for p, active in result.created], [
+            (p.username, str(why)) for p, why in result.refused
+        ]
+
+
+def added(app):
+    """(subject, outcome, detail) of every 'add' audit row."""
+    with app.app_context():
+        query = sa.select(AuditEvent).where(AuditEvent.action == "add").order_by(AuditEvent.id)
+        return [(e.subject, e.outcome, e.detail) for e in wsgi.db.session.scalars(query)]
+
+
+def test_admit_or_wait_admits_the_first_while_seats_are_free_and_the_rest_wait(
+    app, install_license
+):
+    install_license(intranet=3, extranet=1)
+    add(app, "early")
+    created, refused = admit(app, ["a", "b", "c", "d"])
+    assert created == [("a", True), ("b", True), ("c", False), ("d", False)]
+    assert refused == []
+    assert usage(app)["intranet"] == 3
+    assert person_state(app, "c")[0] is False
+    with app.app_context():
+        rows = dict(
+            wsgi.db.session.execute(
+                sa.select(Profile.username_key, Profile.block_reason).where(
+                    Profile.username_key.in_(["a", "c", "d"])
+                )
+            ).all()
+        )
+        assert rows == {"a": None, "c": AWAITING_LICENSE, "d": AWAITING_LICENSE}
+    # Every person has an audit row; the waiting ones say why.
+    adds = added(app)
+    assert [(s, o) for s, o, _ in adds[-4:]] == [
+        ("a", "ok"),
+        ("b", "ok"),
+        ("c", "waiting"),
+        ("d", "waiting"),
+    ]
+    assert "No free seat in the intranet pool: 3 of 3" in adds[-1][2]
+    # Another pool is counted on its own; a taken username (any case) is not created.
+    created, refused = admit(app, ["A", "ada"], area="partners")
+    assert created == [("ada", True)]
+    assert refused[0][0] == "A" and "already exists" in refused[0][1]
+    assert usage(app) == {"intranet": 3, "extranet": 1, "readonly": 0}
+
+
+def test_admit_or_wait_asks_again_when_seats_went_meanwhile(app, install_license, monkeypatch):
+    """Another worker takes seats between the read and the flush: the conditional UPDATE
+    refuses, nothing is written, and the batch is asked again with what is really free."""
+    install_license(intranet=4)
+    real_usage = seats.usage
+    calls = []
+
+    def stale_usage(session):
+        calls.append(1)
+        found = real_usage(session)
+        if len(calls) == 1:  # the first read misses two seats another worker just took
+            session.connection().execute(
+                sa.update(SeatCounter).where(SeatCounter.pool == "intranet").values(used=2)
+            )
+        return found
+
+    monkeypatch.setattr(seats, "usage", stale_usage)
+    created, _ = admit(app, ["p1", "p2", "p3", "p4"])
+    assert len(calls) >= 2  # read again after the refused flush
+    assert created == [("p1", True), ("p2", True), ("p3", False), ("p4", False)]
+    assert usage(app)["intranet"] == 4  # the two "taken elsewhere" plus p1 and p2: never 6
+
+
+def test_admit_or_wait_with_an_invalid_license_admits_nobody(app, install_license):
+    install_license(intranet=10, Expires="2026-12-31")
+    created, _ = admit(app, ["x1", "x2"], now=datetime(2027, 1, 1, 0, 1))
+    assert created == [("x1", False), ("x2", False)]
+    assert usage(app)["intranet"] == 0
+    assert "License expired on 2026-12-31" in added(app)[-1][2]
