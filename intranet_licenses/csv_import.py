@@ -357,7 +357,6 @@ class Tally:
         return needed
 
 
-_SPACE = re.compile(r"\s")
 _SIMPLE_LOCAL = re.compile(
     r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*\Z"
 )
@@ -387,6 +386,19 @@ class _EmailChecker:
             if known:
                 return f"{local}@{known}"
         return validate_email(email, check_deliverability=False).normalized
+
+
+def _is_header(values: dict[str, str]) -> bool:
+    """True for a row whose every cell names the column it is in (a second header line,
+    as when two exports were joined; it may start with the second file's byte-order mark)."""
+    return len(values) >= 2 and all(
+        _field_for(value.lstrip("\ufeff")) == name for name, value in values.items()
+    )
+
+
+def _shown(text: str) -> str:
+    """Text for a message: at most 60 characters, each invisible one shown as '?'."""
+    return "".join(ch if ch.isprintable() else "?" for ch in text[:60])
 
 
 def _local_part(address: str) -> str:
@@ -436,10 +448,10 @@ class _RowChecker:
             email = upn
         if not username:
             problems.append("no username, sign-in name or email address.")
-        elif _SPACE.search(username) or len(username) > 255:
-            problems.append(
-                f"the username '{username}' is not usable: use up to 255 characters, no spaces."
-            )
+        elif problem := seats.text_problem(
+            f"username '{_shown(username)}'", username, username=True
+        ):
+            problems.append(problem)
         first, surname = values.get(FIRST, ""), values.get(SURNAME, "")
         if (not first or not surname) and values.get(DISPLAY):
             given, _, family = values[DISPLAY].rpartition(" ")
@@ -450,8 +462,12 @@ class _RowChecker:
             problems.append("the first name is missing.")
         elif not surname:
             problems.append("the surname is missing.")
-        elif len(first) > 255 or len(surname) > 255:
-            problems.append("a name is longer than 255 characters.")
+        else:
+            problems.extend(
+                problem
+                for label, value in (("first name", first), ("surname", surname))
+                if (problem := seats.text_problem(label, value))
+            )
         if email:
             try:
                 email = self._email(email)
@@ -567,6 +583,16 @@ def _people(
                     "",
                     "This row has more cells than the header has columns. A value that "
                     "contains the separator must be in double quotes.",
+                )
+            )
+            continue
+        if _is_header(values):
+            tally.problem(
+                Problem(
+                    line,
+                    "",
+                    "This row looks like a header line (it names the columns again); were "
+                    "two files joined? Remove the line and check the rows after it.",
                 )
             )
             continue

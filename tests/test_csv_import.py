@@ -334,9 +334,9 @@ def test_our_own_export_comes_back_in(app, runner, tmp_path):
 def test_quoted_cells_blank_lines_and_line_numbers(app, runner, tmp_path):
     data = csv_bytes(
         [
-            "email,first name,last name",
+            "email,first name,last name,notes",
             "",
-            '"multi@example.com","Anne","Line',
+            '"multi@example.com","Anne","Smith","Line',
             'Break"',
             ",,",
             "nobody,First,",
@@ -351,7 +351,35 @@ def test_quoted_cells_blank_lines_and_line_numbers(app, runner, tmp_path):
     assert user_row(app, "multi") is None  # dry run
     real = runner.invoke(args=["licenses", "import-csv", str(tmp_path / "people.csv")])
     assert real.exit_code == 0, real.output
-    assert user_row(app, "multi")[:2] == ("Anne", "Line\nBreak")
+    assert user_row(app, "multi")[:2] == ("Anne", "Smith")
+
+
+def test_two_joined_exports_give_a_header_row_problem_not_a_person(app, client, auth, runner,
+                                                                  tmp_path, accounts):  # fmt: skip
+    first = csv_bytes(["Username,First name,Surname", "joined1,A,B"], bom=True, crlf=True)
+    second = csv_bytes(["Username,First name,Surname", "joined2,C,D"], bom=True, crlf=True)
+    dry, real = cli_both(runner, tmp_path, first + second)
+    assert dry.exit_code == 0, dry.output
+    assert "Line 3: This row looks like a header line (it names the columns again); were two " \
+        "files joined?" in flat(dry.output)  # fmt: skip
+    assert real.exit_code == 0, real.output
+    assert user_row(app, "joined1") and user_row(app, "joined2")
+    assert user_row(app, "\ufeffUsername") is None
+
+
+def test_a_username_with_an_invisible_character_is_a_row_problem(app, runner, tmp_path):
+    data = csv_bytes(["Username,First name,Surname", "zw\u200bsp,A,B", "ok.person,C,D"])
+    dry, real = cli_both(runner, tmp_path, data)
+    out = flat(dry.output)
+    assert "Line 2 (zw\u200bsp): The username 'zw?sp' contains U+200B ZERO WIDTH SPACE" in out
+    assert real.exit_code == 0, real.output
+    assert user_row(app, "zw\u200bsp") is None and user_row(app, "ok.person")
+
+
+def test_a_name_with_an_invisible_character_is_a_row_problem(app, runner, tmp_path):
+    data = csv_bytes(["Username,First name,Surname", "rtl,A\u202eB,C"])
+    dry = cli_import(runner, tmp_path, data, dry_run=True)
+    assert "The first name contains U+202E RIGHT-TO-LEFT OVERRIDE" in flat(dry.output)
 
 
 # Files that cannot be imported ------------------------------------------------------------
