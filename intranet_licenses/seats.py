@@ -218,8 +218,10 @@ def install_safety_net() -> None:
 
 
 def _key(value) -> str:
-    """A lower-cased search key; cut to the column's 255 characters (some letters grow)."""
-    return (value or "").strip().lower()[:255]
+    """A lower-cased search key in Unicode normal form C (so 'é' and 'e' + U+0301 are one
+    username); cut to the column's 255 characters (some letters grow)."""
+    text = unicodedata.normalize("NFC", (value or "").strip())
+    return unicodedata.normalize("NFC", text.lower())[:255]
 
 
 def _identity_changed(ad, user) -> bool:

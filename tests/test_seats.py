@@ -567,3 +567,15 @@ def test_a_name_over_255_characters_is_refused_in_a_sentence(app):
     with pytest.raises(seats.PersonError, match="surname of 'long' is longer than 255"):
         add(app, "long", surname="x" * 256)
     assert person_state(app, "long") is None
+
+
+def test_usernames_are_compared_in_unicode_normal_form_c(app):
+    before = count_users(app)
+    add(app, "\u00e9lise")  # é as one character
+    for other in ("e\u0301lise", "E\u0301LISE"):  # e + COMBINING ACUTE ACCENT
+        with pytest.raises(seats.PersonError, match="already exists"):
+            add(app, other)
+    with app.app_context():
+        found = seats.find_person(wsgi.db.session, "e\u0301lise")
+        assert found.username == "\u00e9lise"
+    assert count_users(app) == before + 1
