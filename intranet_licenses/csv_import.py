@@ -232,7 +232,14 @@ class CsvPeople:
             # Entra's bulk-create template starts with a "version:v1.0" line.
             if text and not text.lower().startswith("version:"):
                 break
-        delimiter, cells = _choose_delimiter(text)
+        try:
+            delimiter, cells = _choose_delimiter(text)
+        except csv.Error as exc:  # a cell over the csv module's limit (131,072 characters)
+            raise ImportFileError(
+                f"Line {line} of {self.name}, the header, cannot be read as CSV ({exc}). "
+                "The first line must name the columns, for example "
+                "'Username,First name,Surname,Email'."
+            ) from None
         header = [_field_for(cell) for cell in cells]
         columns: list[tuple[str, str]] = []
         ignored: list[str] = []

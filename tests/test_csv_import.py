@@ -401,6 +401,11 @@ BAD_FILES = [
     ),
     (b"", "bad.csv is empty."),
     (b'Username,First name\n"zoe,Zoe\n', "Line 2 of bad.csv cannot be read as CSV"),
+    (  # a header cell over the csv module's 131,072 characters: was a 500 and a traceback
+        # (200,000, not megabytes: the test client keeps a body under 500 KB in memory)
+        b"Username,First name,Surname," + b"x" * 200_000 + b"\r\nu1,A,B,c\r\n",
+        "Line 1 of bad.csv, the header, cannot be read as CSV (field larger than field limit",
+    ),
 ]
 
 
