@@ -243,11 +243,13 @@ def _render_people(add_form=None, add_problem=None, status: int = 200):
 
 
 def _back_to_people():
-    """Back to the People page the form came from (only a path under this blueprint)."""
+    """Back to the People page the form came from (only a path under this blueprint, with no
+    control character: a line break in a Location header is a 500 after the commit)."""
     target = request.form.get("next", "")
     people = url_for(".people_page")
     parts = urlsplit(target)
-    if parts.scheme or parts.netloc or not target.startswith(people) or "\\" in target:
+    unsafe = "\\" in target or not target.isprintable()
+    if parts.scheme or parts.netloc or not target.startswith(people) or unsafe:
         target = people
     return redirect(target)
 

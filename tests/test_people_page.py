@@ -296,6 +296,11 @@ def test_cli_block_unblock_move_delete_and_activate(app, runner, make_person, in
         ("/\\evil.example/x", "/admin/licenses/people"),
         ("/somewhere/else", "/admin/licenses/people"),
         ("/admin/licenses/people?q=jen", "/admin/licenses/people?q=jen"),
+        (
+            "/admin/licenses/people?q=a\r\nb",
+            "/admin/licenses/people",
+        ),  # not a 500 after the commit
+        ("/admin/licenses/people?q=a\x00b", "/admin/licenses/people"),
     ],
 )
 def test_the_way_back_only_goes_to_the_people_page(app, client, peopleadmin, target, expected):
