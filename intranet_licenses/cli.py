@@ -148,6 +148,10 @@ def install_command(file):
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         _refuse(f"{file.name} is not a license: it is not UTF-8 text.")
+    if not text.strip():
+        _refuse(
+            f"{file.name} is empty: it holds no license. The license in force was not changed."
+        )
     session = _session()
     try:
         licensing.install(session, text, actor=cli_actor(), now=utcnow(), path="cli")

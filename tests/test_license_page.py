@@ -252,6 +252,19 @@ def test_installing_a_changed_license_from_the_cli_names_the_problem(
     assert status.exit_code == 0 and "License is valid." in status.output
 
 
+@pytest.mark.parametrize("content", [b"", b"\n \r\n", b"\xef\xbb\xbf"])
+def test_installing_an_empty_file_from_the_cli_says_it_is_empty(app, runner, tmp_path, content):
+    empty = tmp_path / "empty.lic"
+    empty.write_bytes(content)
+    result = runner.invoke(args=["licenses", "install", str(empty)])
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: {empty} is empty: it holds no license. The license in force was not changed.\n"
+    )
+    status = runner.invoke(args=["licenses", "status"])
+    assert status.exit_code == 0 and "License is valid." in status.output
+
+
 def test_keygen_issue_install(app, runner, tmp_path):
     private, public = tmp_path / "v.pem", tmp_path / "v.pub"
     result = runner.invoke(
