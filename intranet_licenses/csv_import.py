@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+import secrets
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -926,6 +927,31 @@ def upload_paths(instance_path, token: str) -> tuple[Path, Path] | None:
         return None
     folder = uploads_folder(instance_path)
     return folder / f"{token}.csv", folder / f"{token}.json"
+
+
+def claim_upload(csv_path: Path) -> Path | None:
+    """Take the stored CSV for one Apply, or None when another request took it first.
+
+    A rename is atomic: of two clicks at once, exactly one finds the file.
+    """
+    claimed = csv_path.with_name(f"{csv_path.stem}.{secrets.token_hex(8)}.applying")
+    try:
+        os.rename(csv_path, claimed)
+    except FileNotFoundError:
+        return None
+    return claimed
+
+
+def release_upload(claimed: Path, csv_path: Path) -> None:
+    """Put a claimed CSV back for another Apply, unless the upload was discarded (its
+    metadata file is gone): then remove it."""
+    if csv_path.with_suffix(".json").exists():
+        try:
+            os.rename(claimed, csv_path)
+        except FileNotFoundError:
+            pass
+    else:
+        claimed.unlink(missing_ok=True)
 
 
 def clean_uploads(instance_path, now_ts: float) -> None:

@@ -766,6 +766,18 @@ def import_apply(token: str):
     if stored is None:
         return _upload_gone()
     csv_path, meta = stored
+    # Claimed for this click alone (an atomic rename): a second click finds it gone and says
+    # so, rather than failing on the first click's usernames. Put back unless applied.
+    claimed = csv_import.claim_upload(csv_path)
+    if claimed is None:
+        return _upload_gone()
+    try:
+        return _apply_claimed(token, claimed, meta)
+    finally:
+        csv_import.release_upload(claimed, csv_path)
+
+
+def _apply_claimed(token: str, csv_path, meta: dict):
     session = _session()
     try:
         result = csv_import.apply(

@@ -8,7 +8,7 @@ import re
 
 import pytest
 import sqlalchemy as sa
-from conftest import count_users, person_state, usage
+from conftest import PASSWORD, count_users, person_state, usage
 
 import wsgi
 from intranet_licenses import csv_import, seats
@@ -595,6 +595,46 @@ def test_an_applied_upload_cannot_be_applied_twice(app, client, auth, accounts):
     again = client.post(f"{IMPORT}/{token}/apply")
     assert again.status_code == 302
     assert "That upload is no longer available" in page_text(client.get(IMPORT))
+    assert count_users(app) == 4 + 5
+
+
+def test_a_double_click_on_apply_imports_once_and_the_others_say_it_is_gone(
+    app, accounts, monkeypatch
+):
+    """Three Apply requests at once: one imports, two say the upload is no longer there."""
+    import threading
+
+    clients = [app.test_client() for _ in range(3)]
+    for each in clients:
+        each.post("/login", data={"username": "peopleadmin", "password": PASSWORD})
+    token = token_of(upload(clients[0], FIVE))
+    answered = threading.Semaphore(0)
+    real_apply = csv_import.apply
+
+    def slow_apply(*args, **kwargs):  # give the other clicks time to arrive meanwhile
+        for _ in range(2):
+            answered.acquire(timeout=3)
+        return real_apply(*args, **kwargs)
+
+    monkeypatch.setattr(csv_import, "apply", slow_apply)
+    outcomes = [None] * 3
+
+    def click(index):
+        response = clients[index].post(f"{IMPORT}/{token}/apply")
+        if response.status_code == 302:
+            outcomes[index] = page_text(clients[index].get(IMPORT))
+        else:
+            outcomes[index] = page_text(response)
+        answered.release()
+
+    threads = [threading.Thread(target=click, args=(i,)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    imported = [o for o in outcomes if "Imported: created 5 people" in o]
+    gone = [o for o in outcomes if "That upload is no longer available" in o]
+    assert (len(imported), len(gone)) == (1, 2), outcomes
     assert count_users(app) == 4 + 5
 
 
