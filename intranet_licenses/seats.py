@@ -544,9 +544,14 @@ def email_taken(session, email: str) -> bool:
 _NAME_JOINERS = frozenset("\u200c\u200d")
 
 
+#: Names for the control characters people meet (Unicode gives control characters none).
+_CONTROL_NAMES = {"\x00": "NUL", "\t": "TAB", "\n": "LINE FEED", "\r": "CARRIAGE RETURN"}
+
+
 def character_name(ch: str) -> str:
-    """'U+200B ZERO WIDTH SPACE'; control characters, which have no name, say so."""
-    return f"U+{ord(ch):04X} {unicodedata.name(ch, '(a control character)')}"
+    """'U+200B ZERO WIDTH SPACE', 'U+0000 NUL'; the code point alone if it has no name."""
+    name = unicodedata.name(ch, "") or _CONTROL_NAMES.get(ch, "")
+    return f"U+{ord(ch):04X} {name}".rstrip()
 
 
 def text_problem(label: str, value: str, *, username: bool = False) -> str | None:
@@ -563,8 +568,8 @@ def text_problem(label: str, value: str, *, username: bool = False) -> str | Non
         category = unicodedata.category(ch)
         if category == "Cc":
             return (
-                f"the {label} contains a control character ({character_name(ch)}, such as a "
-                "line break or a NUL byte); remove it and try again."
+                f"the {label} contains a control character ({character_name(ch)}); remove it "
+                "and try again."
             )
         if username and ch.isspace():
             return f"the {label} is not usable: use up to 255 characters, no spaces."
