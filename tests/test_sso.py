@@ -251,7 +251,7 @@ def test_a_name_over_255_characters_is_an_invalid_sign_in(database, request, app
 def test_a_username_with_an_invisible_character_is_an_invalid_sign_in(app, install_license):
     install_license(intranet=5)
     with app.app_context():
-        with pytest.raises(SignInRefused) as refused:
+        with pytest.raises(SignInRefused, match="a control or invisible character") as refused:
             sign_in(
                 wsgi.db.session, {"preferred_username": "\ufeffbom", "name": "B O"}, now=utcnow()
             )
