@@ -161,9 +161,11 @@ def create_app(test_config: dict | None = None, instance_path: str | None = None
 
 
 def _local_target(target: str) -> str:
-    """``next`` only when it is a path on this site (no scheme, no host, no ``//``)."""
+    """``next`` only when it is a path on this site (no scheme, no host, no ``//``, nothing
+    that does not print: a line break in the Location header is a 500)."""
     parts = urlsplit(target)
     local = target.startswith("/") and not target.startswith("//") and "\\" not in target
+    local = local and target.isprintable()
     return target if local and not parts.scheme and not parts.netloc else url_for("index")
 
 

@@ -13,7 +13,7 @@ from flask.cli import AppGroup
 from . import csv_import, license_requests, licensing, notifications, outbox, schema, seats
 from .extension import adapter, config
 from .license_file import (
-    POOL_KEYS,
+    LIMIT_KEYS,
     LicenseFileError,
     generate_key_pair,
     load_private_key,
@@ -114,19 +114,28 @@ def issue_command(private_path, out_path, overrides):
         if not sep or not name.strip() or " " in name.strip():
             raise click.ClickException(f"--set {item!r} is not KEY=VALUE.")
         name = name.strip()
-        if name.upper().startswith("MAX_") and name not in POOL_KEYS.values():
+        if name.upper().startswith("MAX_") and name not in LIMIT_KEYS:
             # A license may carry any registration field, but a mistyped limit would be
             # signed silently and read as 0 seats by every site that installs it.
             raise click.ClickException(
-                f"--set {name}: no pool has this limit. The limits are "
-                f"{', '.join(POOL_KEYS.values())}."
+                f"--set {name}: a license has no such limit. The limits are "
+                f"{', '.join(LIMIT_KEYS)}."
             )
         fields[name] = value.strip()
-    text = sign_text(fields, key)
+    try:
+        text = sign_text(fields, key)
+    except LicenseFileError as exc:  # a --set value the format does not allow
+        raise click.ClickException(f"{exc} Nothing was written.") from None
     if out_path == "-":
         click.echo(text, nl=False)
     else:
-        Path(out_path).write_text(text, encoding="utf-8")
+        try:
+            Path(out_path).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise click.ClickException(
+                f"Cannot write {out_path}: {exc.strerror or exc}. Choose a file in a folder "
+                "that exists and that you may write to."
+            ) from None
         click.echo(f"Wrote a signed license to {out_path}.")
 
 
@@ -139,6 +148,10 @@ def install_command(file):
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         _refuse(f"{file.name} is not a license: it is not UTF-8 text.")
+    if not text.strip():
+        _refuse(
+            f"{file.name} is empty: it holds no license. The license in force was not changed."
+        )
     session = _session()
     try:
         licensing.install(session, text, actor=cli_actor(), now=utcnow(), path="cli")

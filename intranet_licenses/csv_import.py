@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+import secrets
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -232,7 +233,14 @@ class CsvPeople:
             # Entra's bulk-create template starts with a "version:v1.0" line.
             if text and not text.lower().startswith("version:"):
                 break
-        delimiter, cells = _choose_delimiter(text)
+        try:
+            delimiter, cells = _choose_delimiter(text)
+        except csv.Error as exc:  # a cell over the csv module's limit (131,072 characters)
+            raise ImportFileError(
+                f"Line {line} of {self.name}, the header, cannot be read as CSV ({exc}). "
+                "The first line must name the columns, for example "
+                "'Username,First name,Surname,Email'."
+            ) from None
         header = [_field_for(cell) for cell in cells]
         columns: list[tuple[str, str]] = []
         ignored: list[str] = []
@@ -357,7 +365,6 @@ class Tally:
         return needed
 
 
-_SPACE = re.compile(r"\s")
 _SIMPLE_LOCAL = re.compile(
     r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*\Z"
 )
@@ -387,6 +394,19 @@ class _EmailChecker:
             if known:
                 return f"{local}@{known}"
         return validate_email(email, check_deliverability=False).normalized
+
+
+def _is_header(values: dict[str, str]) -> bool:
+    """True for a row whose every cell names the column it is in (a second header line,
+    as when two exports were joined; it may start with the second file's byte-order mark)."""
+    return len(values) >= 2 and all(
+        _field_for(value.lstrip("\ufeff")) == name for name, value in values.items()
+    )
+
+
+def _shown(text: str) -> str:
+    """Text for a message: at most 60 characters, each invisible one shown as '?'."""
+    return "".join(ch if ch.isprintable() else "?" for ch in text[:60])
 
 
 def _local_part(address: str) -> str:
@@ -436,10 +456,10 @@ class _RowChecker:
             email = upn
         if not username:
             problems.append("no username, sign-in name or email address.")
-        elif _SPACE.search(username) or len(username) > 255:
-            problems.append(
-                f"the username '{username}' is not usable: use up to 255 characters, no spaces."
-            )
+        elif problem := seats.text_problem(
+            f"username '{_shown(username)}'", username, username=True
+        ):
+            problems.append(problem)
         first, surname = values.get(FIRST, ""), values.get(SURNAME, "")
         if (not first or not surname) and values.get(DISPLAY):
             given, _, family = values[DISPLAY].rpartition(" ")
@@ -450,8 +470,12 @@ class _RowChecker:
             problems.append("the first name is missing.")
         elif not surname:
             problems.append("the surname is missing.")
-        elif len(first) > 255 or len(surname) > 255:
-            problems.append("a name is longer than 255 characters.")
+        else:
+            problems.extend(
+                problem
+                for label, value in (("first name", first), ("surname", surname))
+                if (problem := seats.text_problem(label, value))
+            )
         if email:
             try:
                 email = self._email(email)
@@ -567,6 +591,16 @@ def _people(
                     "",
                     "This row has more cells than the header has columns. A value that "
                     "contains the separator must be in double quotes.",
+                )
+            )
+            continue
+        if _is_header(values):
+            tally.problem(
+                Problem(
+                    line,
+                    "",
+                    "This row looks like a header line (it names the columns again); were "
+                    "two files joined? Remove the line and check the rows after it.",
                 )
             )
             continue
@@ -893,6 +927,31 @@ def upload_paths(instance_path, token: str) -> tuple[Path, Path] | None:
         return None
     folder = uploads_folder(instance_path)
     return folder / f"{token}.csv", folder / f"{token}.json"
+
+
+def claim_upload(csv_path: Path) -> Path | None:
+    """Take the stored CSV for one Apply, or None when another request took it first.
+
+    A rename is atomic: of two clicks at once, exactly one finds the file.
+    """
+    claimed = csv_path.with_name(f"{csv_path.stem}.{secrets.token_hex(8)}.applying")
+    try:
+        os.rename(csv_path, claimed)
+    except FileNotFoundError:
+        return None
+    return claimed
+
+
+def release_upload(claimed: Path, csv_path: Path) -> None:
+    """Put a claimed CSV back for another Apply, unless the upload was discarded (its
+    metadata file is gone): then remove it."""
+    if csv_path.with_suffix(".json").exists():
+        try:
+            os.rename(claimed, csv_path)
+        except FileNotFoundError:
+            pass
+    else:
+        claimed.unlink(missing_ok=True)
 
 
 def clean_uploads(instance_path, now_ts: float) -> None:

@@ -322,7 +322,7 @@ def read_directory(settings: DirectorySettings, progress=None) -> DirectoryListi
                         Skipped(outcome.dn, "its stable id appears twice in the directory")
                     )
                     continue
-                if outcome.username.lower() in seen_names:
+                if seats._key(outcome.username) in seen_names:
                     skipped.append(
                         Skipped(
                             outcome.dn,
@@ -333,7 +333,7 @@ def read_directory(settings: DirectorySettings, progress=None) -> DirectoryListi
                     )
                     continue
                 seen_ids.add(outcome.directory_id)
-                seen_names.add(outcome.username.lower())
+                seen_names.add(seats._key(outcome.username))
                 people.append(outcome)
             controls = result.get("controls") or {}
             cookie = controls.get("1.2.840.113556.1.4.319", {}).get("value", {}).get("cookie")
@@ -983,7 +983,7 @@ def _adopt(session, person: DirectoryPerson, known_ids: set[str], report) -> int
     False when the entry was skipped (the username belongs to another listed account).
     """
     row = session.execute(
-        select(Profile).where(Profile.username_key == person.username.strip().lower())
+        select(Profile).where(Profile.username_key == seats._key(person.username))
     ).scalar()
     if row is None:
         return None
@@ -1027,7 +1027,7 @@ def _update_identity(session, user, profile, person, report, *, now) -> bool:
     if ad.get(user, "username") != person.username:
         taken = session.execute(
             select(Profile.user_id).where(
-                Profile.username_key == person.username.lower(),
+                Profile.username_key == seats._key(person.username),
                 Profile.user_id != profile.user_id,
             )
         ).scalar()

@@ -20,6 +20,10 @@ POOL_KEYS = {
     "extranet": "MAX_EXTRANET_USERS",
     "readonly": "MAX_READONLY_USERS",
 }
+#: The other limits DESIGN.md names; a site reads them but no pool draws on them.
+OTHER_LIMIT_KEYS = ("MAX_PUBLISH_LOCATIONS", "MAX_EFORMS_PROJECTS")
+#: Every MAX_* key a license may carry (a mistyped one would read as 0).
+LIMIT_KEYS = (*POOL_KEYS.values(), *OTHER_LIMIT_KEYS)
 STATES = ("valid", "expired", "bad_signature", "wrong_host", "malformed", "none")
 REQUIRED_KEYS = ("Issued", "Expires", "Host-Name")
 

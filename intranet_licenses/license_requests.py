@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -17,6 +18,7 @@ from .models import (
     POOLS,
     LicenseRequest,
 )
+from .seats import character_name
 from .seats import usage as seats_in_use
 
 #: The fewest seats one request may ask for.
@@ -81,6 +83,19 @@ def _decode(text: str) -> dict[str, int | None]:
     return found
 
 
+def _no_control_characters(text: str, what: str, allowed: str = "") -> str:
+    """``text`` unchanged, or RequestError naming the control character in it (a NUL byte
+    would be stored and emailed, or refused by PostgreSQL)."""
+    for ch in text:
+        if unicodedata.category(ch) == "Cc" and ch not in allowed:
+            extra = " Line breaks and tabs are fine." if allowed else ""
+            raise RequestError(
+                f"{what} contains a control character ({character_name(ch)}); remove it "
+                f"and try again.{extra}"
+            )
+    return text
+
+
 @dataclass(frozen=True)
 class Draft:
     """A checked request, ready to be stored."""
@@ -113,6 +128,8 @@ def check(
     note = (note or "").strip()
     if len(note) > 2000:
         raise RequestError("The note is longer than 2000 characters; shorten it.")
+    _no_control_characters(note, "The note", allowed="\r\n\t")
+    requester_name = _no_control_characters((requester_name or "").strip(), "Your name")
     email = (requester_email or "").strip()
     if email:
         try:
@@ -180,6 +197,11 @@ def submit(
         raise RequestError(
             "No vendor address is configured (LICENSES_VENDOR_EMAIL), so the request "
             "cannot be sent. Ask the intranet's operator to set it."
+        )
+    if key and not key.isprintable():
+        raise RequestError(
+            "The form arrived damaged (its submission key contains a character that does "
+            "not print). Open the request form again and send it from there."
         )
     if key and (existing := _by_key(session, key)) is not None:
         raise AlreadySent(existing)

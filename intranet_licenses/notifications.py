@@ -115,15 +115,30 @@ def check_address(value: str | None) -> str:
             f"'{text}' has a display name or angle brackets. Enter the address alone, "
             "for example it-licenses@example.com, without a name."
         )
-    if text.count("@") > 1 or any(sep in text for sep in (",", ";")) or " " in text:
+    if text.count("@") > 1 or any(sep in text for sep in (",", ";")):
         raise AddressError(
             f"'{text}' is more than one address. Enter one address; to reach several "
             "people, use a group or distribution address."
         )
+    if " " in text or "@" not in text:
+        raise AddressError(
+            f"'{text}' is not a valid email address. Enter one address such as "
+            "it-licenses@example.com, without spaces."
+        )
     if len(text) > 254:
         raise AddressError("The address is longer than 254 characters, the most email allows.")
+    local = text.rpartition("@")[0]
+    if not local.isascii():
+        others = ", ".join(dict.fromkeys(ch for ch in local if not ch.isascii()))
+        raise AddressError(
+            f"'{text}' has letters outside ASCII before the @ ({others}); the mail server "
+            "cannot deliver to such an address. Use an address whose part before the @ is "
+            "plain ASCII (the domain may be in any script)."
+        )
     try:
-        return validate_email(text, check_deliverability=False).normalized
+        # allow_smtputf8=False: the mail server is not assumed to speak SMTPUTF8; a domain
+        # in another script is still fine (it is sent as IDNA).
+        return validate_email(text, check_deliverability=False, allow_smtputf8=False).normalized
     except EmailNotValidError as exc:
         raise AddressError(f"'{text}' is not a valid email address: {exc}") from None
 

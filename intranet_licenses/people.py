@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -81,8 +82,10 @@ def _keys():
 
 
 def _search_text(text: str) -> str:
-    """What a search looks for: printable characters, lower-cased, no longer than a key."""
-    return "".join(ch for ch in text if ch.isprintable()).strip().lower()[:255]
+    """What a search looks for: printable characters, lower-cased, in normal form C (as the
+    keys are), no longer than a key."""
+    text = "".join(ch for ch in text if ch.isprintable()).strip()
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", text).lower())[:255]
 
 
 def search_filter(text: str):

@@ -227,8 +227,10 @@ def install_safety_net() -> None:
 
 
 def _key(value) -> str:
-    """A lower-cased search key; cut to the column's 255 characters (some letters grow)."""
-    return (value or "").strip().lower()[:255]
+    """A lower-cased search key in Unicode normal form C (so 'é' and 'e' + U+0301 are one
+    username); cut to the column's 255 characters (some letters grow)."""
+    text = unicodedata.normalize("NFC", (value or "").strip())
+    return unicodedata.normalize("NFC", text.lower())[:255]
 
 
 def _identity_changed(ad, user) -> bool:
@@ -546,6 +548,49 @@ def email_taken(session, email: str) -> bool:
     return found is not None
 
 
+#: Invisible characters a name may contain: the joiners that Persian, Indic scripts and
+#: emoji sequences need. A username may contain no invisible character at all.
+_NAME_JOINERS = frozenset("\u200c\u200d")
+
+
+#: Names for the control characters people meet (Unicode gives control characters none).
+_CONTROL_NAMES = {"\x00": "NUL", "\t": "TAB", "\n": "LINE FEED", "\r": "CARRIAGE RETURN"}
+
+
+def character_name(ch: str) -> str:
+    """'U+200B ZERO WIDTH SPACE', 'U+0000 NUL'; the code point alone if it has no name."""
+    name = unicodedata.name(ch, "") or _CONTROL_NAMES.get(ch, "")
+    return f"U+{ord(ch):04X} {name}".rstrip()
+
+
+def text_problem(label: str, value: str, *, username: bool = False) -> str | None:
+    """Why ``value`` (already stripped) cannot be a person's ``label``, as a clause, or None.
+
+    The one rule every path applies (page, CLI, CSV, directory, SSO): at most 255
+    characters; no control character; in a username no space and nothing that does not
+    print (format characters such as U+FEFF or U+200B make an account nobody can sign in
+    to or find); in a name no invisible character except the joiners U+200C and U+200D.
+    """
+    if len(value) > 255:
+        return f"the {label} is longer than 255 characters ({len(value)}); shorten it."
+    for ch in value:
+        category = unicodedata.category(ch)
+        if category == "Cc":
+            return (
+                f"the {label} contains a control character ({character_name(ch)}); remove it "
+                "and try again."
+            )
+        if username and ch.isspace():
+            return f"the {label} is not usable: use up to 255 characters, no spaces."
+        invisible = not ch.isprintable() and not ch.isspace()
+        if invisible and (username or ch not in _NAME_JOINERS):
+            return (
+                f"the {label} contains {character_name(ch)}, an invisible character; "
+                "type it again without it."
+            )
+    return None
+
+
 def check_person_fields(username: str, first_name: str, surname: str, email: str) -> dict:
     """Clean and check a new person's fields; PersonError says what is wrong."""
     username = (username or "").strip()
@@ -556,15 +601,11 @@ def check_person_fields(username: str, first_name: str, surname: str, email: str
         raise PersonError("A username is required.")
     for label, value in (("username", username), ("first name", first_name),
                          ("surname", surname), ("email", email)):  # fmt: skip
-        if any(unicodedata.category(ch) == "Cc" for ch in value):
-            raise PersonError(
-                f"The {label} of '{username}' contains a control character (such as a "
-                "line break or a NUL byte); remove it and try again."
-            )
-    if any(ch.isspace() for ch in username) or len(username) > 255:
-        raise PersonError(
-            f"The username '{username}' is not usable: use up to 255 characters, no spaces."
-        )
+        shown = "".join(ch if ch.isprintable() else "?" for ch in username[:60])
+        named = f"username '{shown}'" if label == "username" else f"{label} of '{shown}'"
+        problem = text_problem(named, value, username=label == "username")
+        if problem:
+            raise PersonError(problem[0].upper() + problem[1:])
     if not first_name or not surname:
         raise PersonError(f"{username}: a first name and a surname are required.")
     if not email and has_app_context() and adapter().email_required:

@@ -70,8 +70,9 @@ def sign_in(
     if not username.isprintable() or len(username) > 255:
         raise SignInRefused(
             "invalid",
-            "The sign-in service sent a username that cannot be used (a control character "
-            f"or more than 255 characters). Ask {access.whom_to_ask()} to check it.",
+            "The sign-in service sent a username that cannot be used (a control or "
+            "invisible character, or more than 255 characters). "
+            f"Ask {access.whom_to_ask()} to check it.",
         )
     user = _existing(session, username)
     if user is not None:

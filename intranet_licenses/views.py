@@ -243,11 +243,13 @@ def _render_people(add_form=None, add_problem=None, status: int = 200):
 
 
 def _back_to_people():
-    """Back to the People page the form came from (only a path under this blueprint)."""
+    """Back to the People page the form came from (only a path under this blueprint, with no
+    control character: a line break in a Location header is a 500 after the commit)."""
     target = request.form.get("next", "")
     people = url_for(".people_page")
     parts = urlsplit(target)
-    if parts.scheme or parts.netloc or not target.startswith(people) or "\\" in target:
+    unsafe = "\\" in target or not target.isprintable()
+    if parts.scheme or parts.netloc or not target.startswith(people) or unsafe:
         target = people
     return redirect(target)
 
@@ -764,6 +766,18 @@ def import_apply(token: str):
     if stored is None:
         return _upload_gone()
     csv_path, meta = stored
+    # Claimed for this click alone (an atomic rename): a second click finds it gone and says
+    # so, rather than failing on the first click's usernames. Put back unless applied.
+    claimed = csv_import.claim_upload(csv_path)
+    if claimed is None:
+        return _upload_gone()
+    try:
+        return _apply_claimed(token, claimed, meta)
+    finally:
+        csv_import.release_upload(claimed, csv_path)
+
+
+def _apply_claimed(token: str, csv_path, meta: dict):
     session = _session()
     try:
         result = csv_import.apply(

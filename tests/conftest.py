@@ -280,6 +280,22 @@ def postgres_url(postgres_server):
         conn.execute(sa.text(f'drop database if exists "{name}" with (force)'))
 
 
+@pytest.fixture
+def postgres_app(postgres_url, vendor_key, make_license, tmp_path):
+    """The demo app on a fresh PostgreSQL database: init-db run, a license installed."""
+    app = wsgi.create_app(
+        app_config(postgres_url, vendor_key), instance_path=str(tmp_path / "pg-instance")
+    )
+    result = app.test_cli_runner().invoke(args=["init-db", "--password", PASSWORD])
+    assert result.exit_code == 0, result.output
+    with app.app_context():
+        licensing.install(wsgi.db.session, make_license(), actor="test", now=utcnow(), path="test")
+        wsgi.db.session.commit()
+    yield app
+    with app.app_context():
+        wsgi.db.engine.dispose()
+
+
 # OpenLDAP slapd (directory sync, issue 6) -----------------------------------------------
 
 

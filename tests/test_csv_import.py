@@ -8,7 +8,7 @@ import re
 
 import pytest
 import sqlalchemy as sa
-from conftest import count_users, person_state, usage
+from conftest import PASSWORD, count_users, person_state, usage
 
 import wsgi
 from intranet_licenses import csv_import, seats
@@ -334,9 +334,9 @@ def test_our_own_export_comes_back_in(app, runner, tmp_path):
 def test_quoted_cells_blank_lines_and_line_numbers(app, runner, tmp_path):
     data = csv_bytes(
         [
-            "email,first name,last name",
+            "email,first name,last name,notes",
             "",
-            '"multi@example.com","Anne","Line',
+            '"multi@example.com","Anne","Smith","Line',
             'Break"',
             ",,",
             "nobody,First,",
@@ -351,7 +351,35 @@ def test_quoted_cells_blank_lines_and_line_numbers(app, runner, tmp_path):
     assert user_row(app, "multi") is None  # dry run
     real = runner.invoke(args=["licenses", "import-csv", str(tmp_path / "people.csv")])
     assert real.exit_code == 0, real.output
-    assert user_row(app, "multi")[:2] == ("Anne", "Line\nBreak")
+    assert user_row(app, "multi")[:2] == ("Anne", "Smith")
+
+
+def test_two_joined_exports_give_a_header_row_problem_not_a_person(app, client, auth, runner,
+                                                                  tmp_path, accounts):  # fmt: skip
+    first = csv_bytes(["Username,First name,Surname", "joined1,A,B"], bom=True, crlf=True)
+    second = csv_bytes(["Username,First name,Surname", "joined2,C,D"], bom=True, crlf=True)
+    dry, real = cli_both(runner, tmp_path, first + second)
+    assert dry.exit_code == 0, dry.output
+    assert "Line 3: This row looks like a header line (it names the columns again); were two " \
+        "files joined?" in flat(dry.output)  # fmt: skip
+    assert real.exit_code == 0, real.output
+    assert user_row(app, "joined1") and user_row(app, "joined2")
+    assert user_row(app, "\ufeffUsername") is None
+
+
+def test_a_username_with_an_invisible_character_is_a_row_problem(app, runner, tmp_path):
+    data = csv_bytes(["Username,First name,Surname", "zw\u200bsp,A,B", "ok.person,C,D"])
+    dry, real = cli_both(runner, tmp_path, data)
+    out = flat(dry.output)
+    assert "Line 2 (zw\u200bsp): The username 'zw?sp' contains U+200B ZERO WIDTH SPACE" in out
+    assert real.exit_code == 0, real.output
+    assert user_row(app, "zw\u200bsp") is None and user_row(app, "ok.person")
+
+
+def test_a_name_with_an_invisible_character_is_a_row_problem(app, runner, tmp_path):
+    data = csv_bytes(["Username,First name,Surname", "rtl,A\u202eB,C"])
+    dry = cli_import(runner, tmp_path, data, dry_run=True)
+    assert "The first name contains U+202E RIGHT-TO-LEFT OVERRIDE" in flat(dry.output)
 
 
 # Files that cannot be imported ------------------------------------------------------------
@@ -373,6 +401,11 @@ BAD_FILES = [
     ),
     (b"", "bad.csv is empty."),
     (b'Username,First name\n"zoe,Zoe\n', "Line 2 of bad.csv cannot be read as CSV"),
+    (  # a header cell over the csv module's 131,072 characters: was a 500 and a traceback
+        # (200,000, not megabytes: the test client keeps a body under 500 KB in memory)
+        b"Username,First name,Surname," + b"x" * 200_000 + b"\r\nu1,A,B,c\r\n",
+        "Line 1 of bad.csv, the header, cannot be read as CSV (field larger than field limit",
+    ),
 ]
 
 
@@ -562,6 +595,46 @@ def test_an_applied_upload_cannot_be_applied_twice(app, client, auth, accounts):
     again = client.post(f"{IMPORT}/{token}/apply")
     assert again.status_code == 302
     assert "That upload is no longer available" in page_text(client.get(IMPORT))
+    assert count_users(app) == 4 + 5
+
+
+def test_a_double_click_on_apply_imports_once_and_the_others_say_it_is_gone(
+    app, accounts, monkeypatch
+):
+    """Three Apply requests at once: one imports, two say the upload is no longer there."""
+    import threading
+
+    clients = [app.test_client() for _ in range(3)]
+    for each in clients:
+        each.post("/login", data={"username": "peopleadmin", "password": PASSWORD})
+    token = token_of(upload(clients[0], FIVE))
+    answered = threading.Semaphore(0)
+    real_apply = csv_import.apply
+
+    def slow_apply(*args, **kwargs):  # give the other clicks time to arrive meanwhile
+        for _ in range(2):
+            answered.acquire(timeout=3)
+        return real_apply(*args, **kwargs)
+
+    monkeypatch.setattr(csv_import, "apply", slow_apply)
+    outcomes = [None] * 3
+
+    def click(index):
+        response = clients[index].post(f"{IMPORT}/{token}/apply")
+        if response.status_code == 302:
+            outcomes[index] = page_text(clients[index].get(IMPORT))
+        else:
+            outcomes[index] = page_text(response)
+        answered.release()
+
+    threads = [threading.Thread(target=click, args=(i,)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    imported = [o for o in outcomes if "Imported: created 5 people" in o]
+    gone = [o for o in outcomes if "That upload is no longer available" in o]
+    assert (len(imported), len(gone)) == (1, 2), outcomes
     assert count_users(app) == 4 + 5
 
 

@@ -104,7 +104,12 @@ def test_seed_demo_if_empty_leaves_a_seeded_demo_alone(demo):
 
 @pytest.mark.parametrize(
     ("target", "expected"),
-    [("//evil.example/x", "/"), ("https://evil.example/", "/"), ("/documents/1", "/documents/1")],
+    [
+        ("//evil.example/x", "/"),
+        ("https://evil.example/", "/"),
+        ("/documents/1", "/documents/1"),
+        ("/\r\nX", "/"),  # a line break in the Location header was a 500
+    ],
 )
 def test_login_only_follows_next_on_this_site(demo, target, expected):
     client = demo.test_client()

@@ -252,6 +252,19 @@ def test_installing_a_changed_license_from_the_cli_names_the_problem(
     assert status.exit_code == 0 and "License is valid." in status.output
 
 
+@pytest.mark.parametrize("content", [b"", b"\n \r\n", b"\xef\xbb\xbf"])
+def test_installing_an_empty_file_from_the_cli_says_it_is_empty(app, runner, tmp_path, content):
+    empty = tmp_path / "empty.lic"
+    empty.write_bytes(content)
+    result = runner.invoke(args=["licenses", "install", str(empty)])
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: {empty} is empty: it holds no license. The license in force was not changed.\n"
+    )
+    status = runner.invoke(args=["licenses", "status"])
+    assert status.exit_code == 0 and "License is valid." in status.output
+
+
 def test_keygen_issue_install(app, runner, tmp_path):
     private, public = tmp_path / "v.pem", tmp_path / "v.pub"
     result = runner.invoke(
@@ -308,14 +321,55 @@ def test_issue_signs_with_the_configured_vendor_key(app, runner, vendor_key, tmp
     typo = runner.invoke(args=[*signing, "--set", "MAX_USER=90"])
     assert typo.exit_code != 0
     assert (
-        "MAX_USER: no pool has this limit" in typo.output and "MAX_EXTRANET_USERS" in typo.output
+        "MAX_USER: a license has no such limit" in typo.output
+        and "MAX_EXTRANET_USERS" in typo.output
     )
     assert not out.exists()
+    # The two limits no pool draws on are license fields too (DESIGN.md).
+    others = runner.invoke(
+        args=[*signing, "--set", "MAX_PUBLISH_LOCATIONS=6", "--set", "MAX_EFORMS_PROJECTS=2"]
+    )
+    assert others.exit_code == 0, others.output
+    issued = load_license(out.read_text(), load_public_keys([str(vendor_key.public_path)]))
+    assert issued.get("MAX_PUBLISH_LOCATIONS") == "6" and issued.get("MAX_EFORMS_PROJECTS") == "2"
+    out.unlink()
     # Any other registration field may be added.
     extra = runner.invoke(args=[*signing, "--set", "Support-Contact=ops@example.com"])
     assert extra.exit_code == 0, extra.output
     issued = load_license(out.read_text(), load_public_keys([str(vendor_key.public_path)]))
     assert issued.get("Support-Contact") == "ops@example.com"
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        "Expires=2020-02-30",
+        "MAX_USERS=-5",
+        "Registered-To=A\nB",
+        "Signature=abc",
+        "Host-Name=",
+        "Foo:Bar=1",
+    ],
+)
+def test_issue_refuses_a_value_the_format_does_not_allow_in_one_sentence(
+    runner, vendor_key, tmp_path, setting
+):
+    out = tmp_path / "next.lic"
+    args = ["licenses", "issue", "--private-key", str(vendor_key.private_path), "--out"]
+    result = runner.invoke(args=[*args, str(out), "--set", setting])
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output and "Cannot sign the license" in result.output
+    assert "Nothing was written." in result.output and not out.exists()
+
+
+def test_issue_to_a_folder_that_does_not_exist_says_so(runner, vendor_key, tmp_path):
+    out = tmp_path / "missing" / "x.lic"
+    args = ["licenses", "issue", "--private-key", str(vendor_key.private_path), "--out"]
+    result = runner.invoke(args=[*args, str(out), "--set", "MAX_USERS=5"])
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit)
+    assert f"Cannot write {out}: No such file or directory." in result.output
 
 
 def test_a_second_trusted_key_verifies(app, client, sysadmin, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import re
 
 import pytest
@@ -413,3 +414,50 @@ def test_the_summary_links_to_a_request_for_a_full_pool(
         '<a href="/admin/licenses/request?pool=intranet&amp;seats=5">Request licenses</a>' in page
     )
     assert "(intranet has no free seat)" in page
+
+
+# Text a person can type: no control characters, one plain address -------------------------------
+
+BAD_TEXT = [
+    ({"note": "please\x00hurry"}, "The note contains a control character (U+0000"),
+    ({"note": "bell\x07"}, "The note contains a control character (U+0007"),
+    ({"requester_name": "Sam\x00"}, "Your name contains a control character (U+0000"),
+    ({"submission_key": "k\x00"}, "The form arrived damaged"),
+    ({"requester_email": "not an email"}, "'not an email' is not a valid email address"),
+    ({"requester_email": "ιτ@παράδειγμα.δοκιμή"}, "has letters outside ASCII before the @"),
+]
+
+
+@pytest.mark.parametrize(("fields", "reason"), BAD_TEXT)
+def test_the_form_refuses_bad_text_with_a_message(
+    req_app, smtp_server, auth, client, accounts, fields, reason
+):
+    auth.login("sysadmin")
+    response = post_request(client, **fields)
+    assert response.status_code == 400
+    page = html.unescape(page_text(response))
+    assert "The request was not sent." in page and reason in page
+    assert stored(req_app) == [] and smtp_server.messages == []
+
+
+def test_a_note_keeps_its_line_breaks_and_tabs(req_app, auth, client, accounts):
+    auth.login("sysadmin")
+    assert post_request(client, note="line one\r\nline\ttwo").status_code == 302
+    with req_app.app_context():
+        note = wsgi.db.session.scalar(sa.select(LicenseRequest.note))
+    assert note.replace("\r\n", "\n") == "line one\nline\ttwo"
+
+
+@pytest.mark.parametrize(
+    ("option", "reason"),
+    [
+        ("--note=a\x00b", "The note contains a control character (U+0000"),
+        ("--requester-email=not an email", "is not a valid email address"),
+    ],
+)
+def test_the_cli_refuses_bad_text(req_app, runner, option, reason):
+    args = ["licenses", "request", "--seats=5", "--pool", "intranet", option]
+    result = runner.invoke(args=args)
+    assert result.exit_code == 1, result.output
+    assert "The request was not sent." in result.output and reason in result.output
+    assert stored(req_app) == []

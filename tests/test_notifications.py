@@ -490,6 +490,10 @@ BAD_ADDRESSES = [
     ("   ", "Enter an email address"),
     ("it\t@example.com", "control character"),
     ("x" * 250 + "@example.com", "longer than 254"),
+    ("not an email", "is not a valid email address. Enter one address such as"),
+    # No SMTPUTF8 on the mail server: these were accepted, then never sent.
+    ("ιτ@παράδειγμα.δοκιμή", "has letters outside ASCII before the @ (ι, τ)"),
+    ("😀@example.com", "has letters outside ASCII before the @ (😀)"),
 ]
 
 
@@ -516,6 +520,12 @@ def test_a_bad_address_is_refused_by_the_form_and_the_old_one_stays(
     assert "The Responsible person was not changed." in page
     assert reason in page
     assert responsible(app) == "old@example.com"
+
+
+def test_a_domain_in_another_script_is_accepted(app, runner):
+    result = runner.invoke(args=["licenses", "responsible-person", "it@παράδειγμα.δοκιμή"])
+    assert result.exit_code == 0, result.output
+    assert responsible(app) == "it@παράδειγμα.δοκιμή"
 
 
 def test_setting_the_address_is_recorded_with_who_and_when(app, runner, auth, client, accounts):

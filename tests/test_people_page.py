@@ -153,6 +153,14 @@ def test_add_refuses_bad_fields_in_words(app, client, peopleadmin):
         )
     )
     assert "The person was not added. Area: Not a valid choice." in page
+    page = text_of(
+        client.post(
+            f"{PEOPLE}/add",
+            data={"username": "\ufeffzoe", "first_name": "Z", "surname": "Y", "area": "primary"},
+            follow_redirects=True,
+        )
+    )
+    assert "contains U+FEFF ZERO WIDTH NO-BREAK SPACE, an invisible character" in page
     assert count_users(app) == before
 
 
@@ -288,6 +296,11 @@ def test_cli_block_unblock_move_delete_and_activate(app, runner, make_person, in
         ("/\\evil.example/x", "/admin/licenses/people"),
         ("/somewhere/else", "/admin/licenses/people"),
         ("/admin/licenses/people?q=jen", "/admin/licenses/people?q=jen"),
+        (
+            "/admin/licenses/people?q=a\r\nb",
+            "/admin/licenses/people",
+        ),  # not a 500 after the commit
+        ("/admin/licenses/people?q=a\x00b", "/admin/licenses/people"),
     ],
 )
 def test_the_way_back_only_goes_to_the_people_page(app, client, peopleadmin, target, expected):
@@ -362,3 +375,28 @@ def test_a_search_finds_and_pages_the_same_people_either_way(
     assert usernames_on(client.get(prev_link.replace("&amp;", "&"))) == ["anna1", "zed"]
     assert usernames_on(client.get(PEOPLE, query_string={"q": "an_"})) == []
     assert usernames_on(client.get(PEOPLE, query_string={"q": "an", "state": "blocked"})) == []
+
+
+@pytest.mark.postgres
+def test_cli_add_with_a_name_over_255_characters_is_one_sentence_on_postgresql(
+    postgres_app,
+):
+    runner = postgres_app.test_cli_runner()
+    result = runner.invoke(
+        args=["licenses", "people", "add", "longname", "--first-name", "x" * 300,
+              "--surname", "Y", "--email", "longname@example.com"]
+    )  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit)
+    assert "first name of 'longname' is longer than 255 characters" in result.output
+    assert person_state(postgres_app, "longname") is None
+
+
+def test_cli_add_refuses_an_invisible_character_in_the_username(app, runner):
+    result = runner.invoke(
+        args=["licenses", "people", "add", "zoe\u200b", "--first-name", "Zoe",
+              "--surname", "Y", "--email", "zoe@example.com"]
+    )  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert "U+200B ZERO WIDTH SPACE" in result.output
+    assert person_state(app, "zoe\u200b") is None

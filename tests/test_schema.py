@@ -61,3 +61,51 @@ def test_the_migrations_create_the_schema_on_an_empty_sqlite_database(tmp_path):
 @pytest.mark.postgres
 def test_the_migrations_create_the_schema_on_postgresql(postgres_url):
     _upgrade_and_check(postgres_url)
+
+
+@pytest.mark.parametrize(
+    "database", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+def test_the_keys_of_existing_profiles_are_brought_to_normal_form_c(database, request, tmp_path):
+    if database == "postgresql":
+        url = request.getfixturevalue("postgres_url").replace(
+            "postgresql://", "postgresql+psycopg://", 1
+        )
+    else:
+        url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = sa.create_engine(url)
+    people = [  # user_id, username_key, first_name_key
+        (1, "e\u0301lise", "ame\u0301lie"),  # decomposed: becomes NFC
+        (2, "jose\u0301", "jose\u0301"),  # its NFC form is taken by 3: the username key stays
+        (3, "jos\u00e9", "jos\u00e9"),
+        (4, "plain", "plain"),
+    ]
+    try:
+        schema.upgrade(engine, "0004_perf")
+        with engine.begin() as conn:
+            for user_id, username_key, first_name_key in people:
+                conn.execute(
+                    sa.text(
+                        "insert into licenses_profile (user_id, area, readonly, pool, exempt, "
+                        "source, created_at, username_key, first_name_key, surname_key, "
+                        "email_key) values (:id, 'primary', false, 'intranet', false, 'host', "
+                        "'2026-01-01 00:00:00', :u, :f, 's', '')"
+                    ),
+                    {"id": user_id, "u": username_key, "f": first_name_key},
+                )
+        schema.upgrade(engine)
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.text(
+                    "select user_id, username_key, first_name_key from licenses_profile "
+                    "order by user_id"
+                )
+            ).all()
+        assert [tuple(row) for row in rows] == [
+            (1, "\u00e9lise", "am\u00e9lie"),
+            (2, "jose\u0301", "jos\u00e9"),
+            (3, "jos\u00e9", "jos\u00e9"),
+            (4, "plain", "plain"),
+        ]
+    finally:
+        engine.dispose()

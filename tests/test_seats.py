@@ -634,3 +634,53 @@ def test_admit_or_wait_with_an_invalid_license_admits_nobody(app, install_licens
     assert created == [("x1", False), ("x2", False)]
     assert usage(app)["intranet"] == 0
     assert "License expired on 2026-12-31" in added(app)[-1][2]
+
+
+# The field rules every path applies -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("username", "named"),
+    [
+        ("\ufeffalice", "U+FEFF ZERO WIDTH NO-BREAK SPACE"),
+        ("bob\u200b", "U+200B ZERO WIDTH SPACE"),
+        ("eve\u202etxt.exe", "U+202E RIGHT-TO-LEFT OVERRIDE"),
+        ("soft\u00adhyphen", "U+00AD SOFT HYPHEN"),
+    ],
+)
+def test_a_username_with_an_invisible_character_is_refused_by_name(app, username, named):
+    before = (count_users(app), usage(app))
+    with pytest.raises(seats.PersonError) as refused:
+        add(app, username)
+    assert named in str(refused.value) and "invisible character" in str(refused.value)
+    assert (count_users(app), usage(app)) == before
+
+
+def test_a_name_may_hold_the_joiners_but_no_other_invisible_character(app):
+    with pytest.raises(seats.PersonError, match="first name of 'ann' contains U[+]200B"):
+        add(app, "ann", first_name="An\u200bn")
+    with pytest.raises(seats.PersonError, match="surname of 'ann' contains U[+]FEFF"):
+        add(app, "ann", surname="\ufeffSmith")
+    add(app, "maryam", first_name="\u0645\u0631\u06cc\u200c\u0645")  # ZWNJ, as Persian writes
+    assert person_state(app, "maryam")[0] is True
+    assert person_state(app, "ann") is None
+
+
+def test_a_name_over_255_characters_is_refused_in_a_sentence(app):
+    with pytest.raises(seats.PersonError, match="first name of 'long' is longer than 255"):
+        add(app, "long", first_name="x" * 300)
+    with pytest.raises(seats.PersonError, match="surname of 'long' is longer than 255"):
+        add(app, "long", surname="x" * 256)
+    assert person_state(app, "long") is None
+
+
+def test_usernames_are_compared_in_unicode_normal_form_c(app):
+    before = count_users(app)
+    add(app, "\u00e9lise")  # é as one character
+    for other in ("e\u0301lise", "E\u0301LISE"):  # e + COMBINING ACUTE ACCENT
+        with pytest.raises(seats.PersonError, match="already exists"):
+            add(app, other)
+    with app.app_context():
+        found = seats.find_person(wsgi.db.session, "e\u0301lise")
+        assert found.username == "\u00e9lise"
+    assert count_users(app) == before + 1

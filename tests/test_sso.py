@@ -234,3 +234,33 @@ def test_two_sign_ins_of_one_new_person_at_once_give_one_profile(
     assert errors == []
     assert len(results) == 2 and results[0] == results[1]
     assert usage(app)["intranet"] == 1
+
+
+@pytest.mark.parametrize(
+    "database", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+def test_a_name_over_255_characters_is_an_invalid_sign_in(database, request, app):
+    """On PostgreSQL this was StringDataRightTruncation from the flush."""
+    if database == "postgresql":
+        app = request.getfixturevalue("postgres_app")
+    before = count_users(app)
+    with app.app_context():
+        session = wsgi.db.session
+        claims = {"preferred_username": "longname", "given_name": "x" * 300, "family_name": "Y"}
+        with pytest.raises(
+            SignInRefused, match="first name of 'longname' is longer than 255"
+        ) as e:
+            sign_in(session, claims, now=utcnow())
+        assert e.value.kind == "invalid"
+        session.commit()
+    assert count_users(app) == before
+
+
+def test_a_username_with_an_invisible_character_is_an_invalid_sign_in(app, install_license):
+    install_license(intranet=5)
+    with app.app_context():
+        with pytest.raises(SignInRefused, match="a control or invisible character") as refused:
+            sign_in(
+                wsgi.db.session, {"preferred_username": "\ufeffbom", "name": "B O"}, now=utcnow()
+            )
+        assert refused.value.kind == "invalid"
