@@ -8,6 +8,9 @@ from sqlalchemy import insert
 
 from .models import AuditEvent
 
+_table = AuditEvent.__table__
+_INSERT = _table.insert()
+
 
 def record(
     session,
@@ -20,26 +23,32 @@ def record(
     subject: str | None = None,
     pool: str | None = None,
     detail: str = "",
-) -> AuditEvent:
-    """Add one audit event to the session; the caller's transaction commits it."""
-    event = AuditEvent(
-        at=at,
-        actor=actor,
-        action=action,
-        path=path,
-        outcome=outcome,
-        subject=subject,
-        pool=pool,
-        detail=detail,
+) -> None:
+    """Write one audit event in the caller's transaction; its commit (or rollback) decides.
+
+    A Core INSERT on the session's connection, at once: no ORM object, no flush, no id
+    read back (the seat service writes one for every attempt, admitted or refused). It
+    does not flush the session, so it may be called from inside a flush.
+    """
+    session.connection().execute(
+        _INSERT,
+        {
+            "at": at,
+            "actor": actor,
+            "action": action,
+            "path": path,
+            "outcome": outcome,
+            "subject": subject,
+            "pool": pool,
+            "detail": detail,
+        },
     )
-    session.add(event)
-    return event
 
 
 def record_many(session, events: list[dict]) -> None:
     """Write many audit events at once (bulk imports); each dict has ``record``'s arguments."""
     if events:
         session.execute(
-            insert(AuditEvent.__table__),
+            insert(_table),
             [{"outcome": "ok", "subject": None, "pool": None, "detail": "", **e} for e in events],
         )
