@@ -22,6 +22,17 @@ in pool-name order, so two transactions never wait on each other's rows in a cyc
 lock is held until the transaction ends, so the seat and the profile row it belongs to
 are committed or rolled back together.
 
+Before that UPDATE one plain SELECT reads, in one statement, the counters of the pools the
+flush wants seats in, their exceeded-episode rows and the license in force (its text,
+verified and parsed once per process). A pool that this reading finds full is refused at
+once, without taking the counter's lock, so refusals at a full pool do not queue behind
+admissions. The reading only ever refuses: a seat is granted by the conditional UPDATE
+alone, which re-checks the limit against the committed count, so a stale reading can
+cost a refusal that a moment later would have been an admission (as any earlier refusal
+would), never an extra seat. The limit the UPDATE checks comes from the same reading: a
+license installed after it applies from the next attempt on, as before (the license was
+always read before the UPDATE, in a statement of its own).
+
 Because the listener sees every flush, host code that writes the user model through the
 ORM is held to the same rule (the "safety net"); raw SQL is not seen (see the README).
 """
@@ -35,7 +46,20 @@ from datetime import datetime
 
 from email_validator import EmailNotValidError, validate_email
 from flask import current_app, has_app_context
-from sqlalchemy import and_, case, event, func, insert, inspect, or_, select, update
+from sqlalchemy import (
+    Integer,
+    and_,
+    bindparam,
+    case,
+    event,
+    func,
+    insert,
+    inspect,
+    or_,
+    select,
+    true,
+    update,
+)
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import Session
 
@@ -48,12 +72,15 @@ from .models import (
     BLOCKED_BY_ADMIN,
     POOLS,
     PRIMARY_AREA,
+    Episode,
     Profile,
     SeatCounter,
     utcnow,
 )
 
 _counters = SeatCounter.__table__
+#: Read (never written) here: a refusal reports whether its pool's episode is open already.
+_episodes = Episode.__table__
 
 
 # Errors ---------------------------------------------------------------------------------
@@ -70,13 +97,24 @@ class PersonError(SeatError):
 class SeatLimitExceeded(SeatError):
     """No free seat in ``pool``: carries the pool, its limit and its usage."""
 
-    def __init__(self, pool: str, limit: int | None, used: int, needed: int = 1, why=None):
+    def __init__(
+        self,
+        pool: str,
+        limit: int | None,
+        used: int,
+        needed: int = 1,
+        why=None,
+        episode_open: bool | None = None,
+    ):
         self.pool = pool
         self.limit = limit
         self.used = used
         self.needed = needed
         #: The license status sentence when the license is not valid, else None.
         self.license_problem = why
+        #: Whether the pool's exceeded episode was open in the very statement that found the
+        #: pool full (None when not read with it); see notifications.exceeded.
+        self.episode_open = episode_open
         super().__init__(self._sentence())
 
     def _sentence(self) -> str:
@@ -181,12 +219,20 @@ def summary_sentence(figures: list[PoolFigures]) -> str:
 # The counters ---------------------------------------------------------------------------
 
 
+# The statements of every admission are built once (building one costs more CPU than
+# running it from SQLAlchemy's compiled cache); the values are bound per call.
+_ADD = update(_counters).where(_counters.c.pool == bindparam("seat_pool"))
+_ADD = _ADD.values(used=_counters.c.used + bindparam("delta", type_=Integer))
+_TAKE = _ADD.where(
+    _counters.c.used + bindparam("delta", type_=Integer) <= bindparam("seat_limit", type_=Integer)
+)
+
+
 def _take(conn, pool: str, n: int, limit: int | None) -> bool:
     """Take ``n`` seats in ``pool`` if they are free; True when taken. See module docstring."""
-    stmt = update(_counters).where(_counters.c.pool == pool).values(used=_counters.c.used + n)
-    if limit is not None:
-        stmt = stmt.where(_counters.c.used + n <= limit)
-    return conn.execute(stmt).rowcount == 1
+    if limit is None:
+        return conn.execute(_ADD, {"seat_pool": pool, "delta": n}).rowcount == 1
+    return conn.execute(_TAKE, {"seat_pool": pool, "delta": n, "seat_limit": limit}).rowcount == 1
 
 
 def _adjust(conn, pool: str, n: int) -> None:
@@ -197,6 +243,46 @@ def _adjust(conn, pool: str, n: int) -> None:
 
 def _used(conn, pool: str) -> int:
     return conn.execute(select(_counters.c.used).where(_counters.c.pool == pool)).scalar_one()
+
+
+@dataclass(frozen=True)
+class _Reading:
+    """One pool as one statement saw it: seats in use, and whether its episode was open."""
+
+    used: int
+    episode_open: bool | None
+
+
+_newest = licensing.newest()
+_READ_POOLS = (
+    select(
+        _counters.c.pool,
+        _counters.c.used,
+        _episodes.c.open,
+        _newest.c.text,
+        _newest.c.installed_at,
+    )  # fmt: skip
+    .select_from(
+        _counters.outerjoin(_episodes, _episodes.c.pool == _counters.c.pool).outerjoin(
+            _newest, true()
+        )
+    )
+    .where(_counters.c.pool.in_(bindparam("pools", expanding=True)))
+)
+
+
+def _read_pools(session, conn, pools: list[str], today) -> tuple[dict, licensing.Current]:
+    """The pools' counters, their episodes and the license in force, in one statement.
+
+    One round trip instead of three: the license row comes with the counters (its text is
+    verified and parsed once per process, see ``licensing.current_of``), and the episode
+    flag tells a refusal whether the Responsible person has been told already.
+    """
+    rows = conn.execute(_READ_POOLS, {"pools": pools}).all()
+    if not rows:  # no counter rows (a broken schema): the license alone; _take refuses
+        return {}, licensing.current(session, today)
+    readings = {row.pool: _Reading(row.used, row.open) for row in rows}
+    return readings, licensing.current_of(rows[0].text, rows[0].installed_at, today)
 
 
 # The safety net: every flush of the host's users is reconciled with the counters -------
@@ -401,24 +487,32 @@ def _move_counters(session, changes: list[_Change], now: datetime) -> None:
     if not any(deltas.values()):
         return
     conn = session.connection()
-    limits = licensing.limits(session, now.date()) if any(d > 0 for d in deltas.values()) else {}
+    wanted = sorted(pool for pool, delta in deltas.items() if delta > 0)
+    readings: dict[str, _Reading] = {}
+    limits: dict[str, int | None] = {}
+    current = None
+    if wanted:
+        readings, current = _read_pools(session, conn, wanted, now.date())
+        limits = licensing.limits_of(current.status)
 
-    def refuse(pool: str, used: int):
-        status = licensing.current(session, now.date()).status
-        why = None if status.valid else status.sentence
-        refusal = SeatLimitExceeded(pool, limits[pool], used, needed=deltas[pool], why=why)
+    def refuse(pool: str, used: int, episode_open: bool | None = None):
+        why = None if current.status.valid else current.status.sentence
+        refusal = SeatLimitExceeded(
+            pool, limits[pool], used, needed=deltas[pool], why=why, episode_open=episode_open
+        )
         session.info["licenses_refusal"] = refusal  # for last_refusal()
         return refusal
 
     # A pool that is already full by its committed count is refused without taking the
     # counter's lock, so refusals at a full pool do not queue behind admissions. Seats are
     # only ever granted by the conditional UPDATE below.
-    for pool in sorted(deltas):
-        limit = limits.get(pool)
-        if deltas[pool] > 0 and limit is not None and _used(conn, pool) + deltas[pool] > limit:
-            releases = sum(-d for d in deltas.values() if d < 0)
-            if not releases:
-                raise refuse(pool, _used(conn, pool))
+    releases = sum(-d for d in deltas.values() if d < 0)
+    for pool in wanted:
+        limit = limits[pool]
+        reading = readings.get(pool)
+        if not releases and limit is not None and reading is not None:
+            if reading.used + deltas[pool] > limit:
+                raise refuse(pool, reading.used, reading.episode_open)
     applied: list[tuple[str, int]] = []
     for pool in sorted(deltas):
         delta = deltas[pool]
@@ -509,12 +603,13 @@ def get_person(session, user_id: int):
 
 def username_taken(session, username: str) -> str | None:
     """The existing username that equals ``username`` without regard to case, if any."""
-    user_id = session.execute(
-        select(Profile.user_id).where(Profile.username_key == _key(username))
-    ).scalar()
+    user_id = session.execute(_BY_USERNAME_KEY, {"key": _key(username)}).scalar()
     if user_id is None:
         return None
     return adapter().get(session.get(adapter().model, user_id), "username")
+
+
+_BY_USERNAME_KEY = select(Profile.user_id).where(Profile.username_key == bindparam("key"))
 
 
 def email_taken(session, email: str) -> bool:
@@ -562,7 +657,13 @@ def _refused(session, refusal: SeatError, *, actor, action, path, subject, now) 
     pool = getattr(refusal, "pool", None)
     if isinstance(refusal, SeatLimitExceeded):
         notifications.exceeded(
-            session, pool=pool, trigger="refused", path=path, usernames=[subject], now=now
+            session,
+            pool=pool,
+            trigger="refused",
+            path=path,
+            usernames=[subject],
+            now=now,
+            episode_open=refusal.episode_open,
         )
     audit.record(
         session,
