@@ -144,12 +144,14 @@ def _ours(url, keys, worker, count, _seats, barrier, results):
         counted = _count_round_trips(wsgi.db.engine)
         counted[0] = 0
         barrier.wait(timeout=300)
-        started = time.time()
+        started = last_admission = time.time()
         for n in range(count):
-            admitted += attempt(session, f"o{worker}_{n}")
+            if attempt(session, f"o{worker}_{n}"):
+                admitted += 1
+                last_admission = time.time()
         finished = time.time()
         wsgi.db.engine.dispose()
-    results.put((admitted, started, finished, counted[0]))
+    results.put((admitted, started, finished, counted[0], last_admission))
 
 
 def _bare(url, _keys, worker, count, seat_count, barrier, results):
@@ -159,7 +161,7 @@ def _bare(url, _keys, worker, count, seat_count, barrier, results):
     round_trips = 0
     with psycopg.connect(dsn) as conn:
         barrier.wait(timeout=300)
-        started = time.time()
+        started = last_admission = time.time()
         for n in range(count):
             with conn.transaction():  # BEGIN ... COMMIT
                 round_trips += 3
@@ -186,8 +188,9 @@ def _bare(url, _keys, worker, count, seat_count, barrier, results):
                 )
                 round_trips += 2
                 admitted += 1
+                last_admission = time.time()
         finished = time.time()
-    results.put((admitted, started, finished, round_trips))
+    results.put((admitted, started, finished, round_trips, last_admission))
 
 
 def _race(worker_fn, url, keys, processes, attempts, seat_count):
@@ -209,9 +212,17 @@ def _race(worker_fn, url, keys, processes, attempts, seat_count):
         process.join(timeout=60)
         if process.exitcode != 0:
             raise SystemExit(f"a {worker_fn.__name__} worker failed (exit {process.exitcode})")
-    elapsed = max(d[2] for d in done) - min(d[1] for d in done)
+    start = min(d[1] for d in done)
+    elapsed = max(d[2] for d in done) - start
+    filling = max(d[4] for d in done) - start  # until the last seat was taken
     total = share * processes
-    return sum(d[0] for d in done), total / elapsed, sum(d[3] for d in done) / total
+    return (
+        sum(d[0] for d in done),
+        total / elapsed,
+        sum(d[3] for d in done) / total,
+        filling,
+        elapsed,
+    )
 
 
 def _over_allocations(url: str, seat_count: int) -> int:
@@ -251,7 +262,7 @@ def main() -> None:
             url = fresh_database(server)
             try:
                 prepare(url, keys, options.seats)
-                admitted, rate, per_attempt = _race(
+                admitted, rate, per_attempt, filling, elapsed = _race(
                     worker_fn, url, keys, options.processes, options.attempts, options.seats
                 )
                 over[name].append(_over_allocations(url, options.seats))
@@ -260,6 +271,7 @@ def main() -> None:
                 print(
                     f"run {run + 1} {name:4}: {rate:8.0f} attempts/s, admitted {admitted}, "
                     f"{per_attempt:.2f} round trips per attempt, "
+                    f"{elapsed:.1f} s ({filling:.1f} s until the last seat was taken), "
                     f"over-allocations {over[name][-1]}",
                     flush=True,
                 )

@@ -254,35 +254,56 @@ class _Reading:
 
 
 _newest = licensing.newest()
-_READ_POOLS = (
-    select(
-        _counters.c.pool,
-        _counters.c.used,
-        _episodes.c.open,
-        _newest.c.text,
-        _newest.c.installed_at,
-    )  # fmt: skip
-    .select_from(
-        _counters.outerjoin(_episodes, _episodes.c.pool == _counters.c.pool).outerjoin(
-            _newest, true()
-        )
-    )
-    .where(_counters.c.pool.in_(bindparam("pools", expanding=True)))
+_READ_ALL = select(
+    _counters.c.pool,
+    _counters.c.used,
+    _episodes.c.open,
+    _newest.c.text,
+    _newest.c.installed_at,
+).select_from(
+    _counters.outerjoin(_episodes, _episodes.c.pool == _counters.c.pool).outerjoin(_newest, true())
 )
+_READ_POOLS = _READ_ALL.where(_counters.c.pool.in_(bindparam("pools", expanding=True)))
+#: One pool, and whether a username key is taken (add_person's first statement).
+_READ_POOL_AND_USERNAME = _READ_ALL.where(_counters.c.pool == bindparam("pool")).add_columns(
+    select(Profile.__table__.c.user_id)
+    .where(Profile.__table__.c.username_key == bindparam("key"))
+    .scalar_subquery()
+    .label("taken")
+)
+#: session.info: add_person's reading, for the flush that follows it (see _move_counters).
+_READING = "licenses_reading"
 
 
-def _read_pools(session, conn, pools: list[str], today) -> tuple[dict, licensing.Current]:
+@dataclass(frozen=True)
+class _PoolsRead:
+    """What one statement read: the pools' readings, the license in force, when (pools)."""
+
+    pools: tuple[str, ...]
+    readings: dict[str, _Reading]
+    current: licensing.Current
+
+
+def _read_pools(session, conn, pools: list[str], today, *, username_key=None):
     """The pools' counters, their episodes and the license in force, in one statement.
 
     One round trip instead of three: the license row comes with the counters (its text is
     verified and parsed once per process, see ``licensing.current_of``), and the episode
-    flag tells a refusal whether the Responsible person has been told already.
+    flag tells a refusal whether the Responsible person has been told already. With
+    ``username_key`` it also says who has that username key: returns (read, user id or
+    None, or ``...`` when it could not be read).
     """
-    rows = conn.execute(_READ_POOLS, {"pools": pools}).all()
+    if username_key is None:
+        rows = conn.execute(_READ_POOLS, {"pools": pools}).all()
+    else:
+        (pool,) = pools
+        rows = conn.execute(_READ_POOL_AND_USERNAME, {"pool": pool, "key": username_key}).all()
     if not rows:  # no counter rows (a broken schema): the license alone; _take refuses
-        return {}, licensing.current(session, today)
+        read = _PoolsRead(tuple(pools), {}, licensing.current(session, today))
+        return read, ...
     readings = {row.pool: _Reading(row.used, row.open) for row in rows}
-    return readings, licensing.current_of(rows[0].text, rows[0].installed_at, today)
+    current = licensing.current_of(rows[0].text, rows[0].installed_at, today)
+    return _PoolsRead(tuple(pools), readings, current), rows[0].taken if username_key else ...
 
 
 # The safety net: every flush of the host's users is reconciled with the counters -------
@@ -380,6 +401,7 @@ def _reconcile(session, flush_context, instances) -> None:
     """before_flush: move the seat counters for every host user whose seat changes."""
     session.info.pop("licenses_new_profiles", None)
     session.info.pop("licenses_refusal", None)
+    reading = session.info.pop(_READING, None)
     if not has_app_context() or "licenses" not in current_app.extensions:
         return
     if not _schema_ready(session):
@@ -433,7 +455,7 @@ def _reconcile(session, flush_context, instances) -> None:
 
     _read_held_seats(session, changes)
     if not session.info.get("licenses_recounting"):
-        _move_counters(session, changes, now)
+        _move_counters(session, changes, now, reading)
 
     # All seats were granted: record what each profile holds now.
     for change in changes:
@@ -475,8 +497,12 @@ def _read_held_seats(session, changes: list[_Change]) -> None:
             change.held = held[change.profile.user_id]
 
 
-def _move_counters(session, changes: list[_Change], now: datetime) -> None:
-    """Apply the net seat change per pool, in pool order; refuse and undo on a full pool."""
+def _move_counters(session, changes: list[_Change], now: datetime, read=None) -> None:
+    """Apply the net seat change per pool, in pool order; refuse and undo on a full pool.
+
+    ``read`` is what add_person read, in this transaction, just before this flush (with its
+    username check): used instead of reading again when it covers exactly these pools.
+    """
     deltas: Counter[str] = Counter()
     for change in changes:
         if change.held != change.want:
@@ -492,7 +518,9 @@ def _move_counters(session, changes: list[_Change], now: datetime) -> None:
     limits: dict[str, int | None] = {}
     current = None
     if wanted:
-        readings, current = _read_pools(session, conn, wanted, now.date())
+        if read is None or read.pools != tuple(wanted):
+            read, _ = _read_pools(session, conn, wanted, now.date())
+        readings, current = read.readings, read.current
         limits = licensing.limits_of(current.status)
 
     def refuse(pool: str, used: int, episode_open: bool | None = None):
@@ -570,6 +598,7 @@ def _flush(session, now: datetime) -> None:
         session.flush()
     finally:
         session.info.pop("licenses_now", None)
+        session.info.pop(_READING, None)  # add_person's reading serves one flush at most
 
 
 def profile_of(session, user) -> Profile:
@@ -703,7 +732,20 @@ def add_person(
     path = path or source
     fields = check_person_fields(username, first_name, surname, email)
     area = check_area(area)
-    existing = username_taken(session, fields["username"])
+    pool = pool_for(area, readonly)
+    # One statement reads whether the username is taken and the pool's counter, episode and
+    # license, for the flush below (it only ever refuses; the conditional UPDATE grants).
+    if session.autoflush:
+        session.flush()  # as the ORM's autoflush would before a query: pending people count
+    read, taken = _read_pools(
+        session, session.connection(), [pool], now.date(), username_key=_key(fields["username"])
+    )
+    if taken is ...:
+        existing = username_taken(session, fields["username"])
+    elif taken is not None:
+        existing = ad.get(session.get(ad.model, taken), "username")
+    else:
+        existing = None
     if existing is not None:
         raise PersonError(
             f"A person with the username '{existing}' already exists "
@@ -726,7 +768,7 @@ def add_person(
         "created_at": now,
     }
     session.add(user)
-    pool = pool_for(area, readonly)
+    session.info[_READING] = read
     try:
         _flush(session, now)
     except SeatLimitExceeded as refusal:

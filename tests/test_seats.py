@@ -499,3 +499,27 @@ def test_recount_repairs_profiles_changed_behind_its_back(database, request, app
     assert "nothing was repaired" in again.output
     with app.app_context():
         wsgi.db.engine.dispose()
+
+
+def test_the_username_check_sees_existing_and_pending_people_whatever_the_case(app):
+    """add_person reads the username with the seat counter in one statement; the same rules."""
+    add(app, "Lena")
+    with pytest.raises(seats.PersonError, match="'Lena' already exists"):
+        add(app, "LENA")
+    with app.app_context():
+        session = wsgi.db.session
+        # Added through the ORM and not flushed yet: counted as the ORM's autoflush would.
+        session.add(wsgi.User(username="Pending", first_name="P", surname="Q", email=""))
+        with pytest.raises(seats.PersonError, match="'Pending' already exists"):
+            seats.add_person(
+                session,
+                username="pending",
+                first_name="P",
+                surname="Q",
+                email="",
+                actor="tester",
+                now=utcnow(),
+                path="test",
+            )
+        session.rollback()
+    assert usage(app)["intranet"] == 1
