@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import insert
+from sqlalchemy import bindparam, insert
 
 from .models import AuditEvent
 
 _table = AuditEvent.__table__
 _INSERT = _table.insert()
+_DELETE = _table.delete().where(_table.c.id == bindparam("event_id"))
 
 
 def record(
@@ -23,14 +24,14 @@ def record(
     subject: str | None = None,
     pool: str | None = None,
     detail: str = "",
-) -> None:
+) -> int:
     """Write one audit event in the caller's transaction; its commit (or rollback) decides.
 
-    A Core INSERT on the session's connection, at once: no ORM object, no flush, no id
-    read back (the seat service writes one for every attempt, admitted or refused). It
-    does not flush the session, so it may be called from inside a flush.
+    A Core INSERT on the session's connection, at once: no ORM object, no flush (the seat
+    service writes one for every attempt, admitted or refused). It does not flush the
+    session, so it may be called from inside a flush. Returns the row's id.
     """
-    session.connection().execute(
+    result = session.connection().execute(
         _INSERT,
         {
             "at": at,
@@ -43,6 +44,16 @@ def record(
             "detail": detail,
         },
     )
+    return result.inserted_primary_key[0]
+
+
+def withdraw(session, event_id: int) -> None:
+    """Remove an event written earlier in this same, uncommitted transaction.
+
+    For an outcome written before it was final (an admission's row, written before the seat
+    was taken, whose seat then went to someone else): no other transaction has seen it.
+    """
+    session.connection().execute(_DELETE, {"event_id": event_id})
 
 
 def record_many(session, events: list[dict]) -> None:

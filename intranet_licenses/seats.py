@@ -33,6 +33,13 @@ would), never an extra seat. The limit the UPDATE checks comes from the same rea
 license installed after it applies from the next attempt on, as before (the license was
 always read before the UPDATE, in a statement of its own).
 
+:func:`add_person` takes that reading itself, in the statement that checks the username,
+and hands it to its flush. When the reading finds the pool full it refuses without
+flushing (the session was flushed just before, so the new person is all the flush would
+have written; same check, same reading). Otherwise it writes the admission's audit row and
+flushes, so that the counter's lock is held only for the person's two rows and the COMMIT;
+should the UPDATE refuse after all, that row is withdrawn in the same transaction.
+
 Because the listener sees every flush, host code that writes the user model through the
 ORM is held to the same rule (the "safety net"); raw SQL is not seen (see the README).
 """
@@ -284,6 +291,25 @@ class _PoolsRead:
     current: licensing.Current
 
 
+def _refusal_by_reading(session, read: _PoolsRead, pool: str, needed: int):
+    """The refusal when ``read`` finds ``pool`` without ``needed`` free seats, else None."""
+    status = read.current.status
+    limit = licensing.limits_of(status)[pool]
+    reading = read.readings.get(pool)
+    if limit is None or reading is None or reading.used + needed <= limit:
+        return None
+    refusal = SeatLimitExceeded(
+        pool,
+        limit,
+        reading.used,
+        needed=needed,
+        why=None if status.valid else status.sentence,
+        episode_open=reading.episode_open,
+    )
+    session.info["licenses_refusal"] = refusal  # for last_refusal()
+    return refusal
+
+
 def _read_pools(session, conn, pools: list[str], today, *, username_key=None):
     """The pools' counters, their episodes and the license in force, in one statement.
 
@@ -514,33 +540,28 @@ def _move_counters(session, changes: list[_Change], now: datetime, read=None) ->
         return
     conn = session.connection()
     wanted = sorted(pool for pool, delta in deltas.items() if delta > 0)
-    readings: dict[str, _Reading] = {}
     limits: dict[str, int | None] = {}
     current = None
     if wanted:
         if read is None or read.pools != tuple(wanted):
             read, _ = _read_pools(session, conn, wanted, now.date())
-        readings, current = read.readings, read.current
+        current = read.current
         limits = licensing.limits_of(current.status)
 
-    def refuse(pool: str, used: int, episode_open: bool | None = None):
+    def refuse(pool: str, used: int):
         why = None if current.status.valid else current.status.sentence
-        refusal = SeatLimitExceeded(
-            pool, limits[pool], used, needed=deltas[pool], why=why, episode_open=episode_open
-        )
+        refusal = SeatLimitExceeded(pool, limits[pool], used, needed=deltas[pool], why=why)
         session.info["licenses_refusal"] = refusal  # for last_refusal()
         return refusal
 
     # A pool that is already full by its committed count is refused without taking the
     # counter's lock, so refusals at a full pool do not queue behind admissions. Seats are
     # only ever granted by the conditional UPDATE below.
-    releases = sum(-d for d in deltas.values() if d < 0)
-    for pool in wanted:
-        limit = limits[pool]
-        reading = readings.get(pool)
-        if not releases and limit is not None and reading is not None:
-            if reading.used + deltas[pool] > limit:
-                raise refuse(pool, reading.used, reading.episode_open)
+    if not any(d < 0 for d in deltas.values()):  # a release may make room: then the UPDATE
+        for pool in wanted:
+            refusal = _refusal_by_reading(session, read, pool, deltas[pool])
+            if refusal is not None:
+                raise refusal
     applied: list[tuple[str, int]] = []
     for pool in sorted(deltas):
         delta = deltas[pool]
@@ -767,54 +788,69 @@ def add_person(
         "directory_id": directory_id,
         "created_at": now,
     }
-    session.add(user)
-    session.info[_READING] = read
-    try:
-        _flush(session, now)
-    except SeatLimitExceeded as refusal:
-        if not wait_when_full:
-            session.expunge(user)
-            _refused(
-                session,
-                refusal,
-                actor=actor,
-                action="add",
-                path=path,
-                subject=fields["username"],
-                now=now,
-            )
-            raise
-        ad.set(user, "active", False)
-        info["licenses_profile"].update(block_reason=AWAITING_LICENSE, waiting_since=now)
-        _flush(session, now)
-        notifications.exceeded(
-            session,
-            pool=pool,
-            trigger="waiting",
-            path=path,
-            usernames=[fields["username"]],
-            now=now,
-        )
-        audit.record(
+    refusal = None
+    if session.autoflush and _key(fields["username"]) != _key(config("ADMIN_USERNAME")):
+        # The session was flushed just before the reading, so this person is all that the
+        # flush would write: a pool that the reading finds full refuses them as the flush
+        # would (the same check, the same reading), without building the flush.
+        refusal = _refusal_by_reading(session, read, pool, 1)
+    if refusal is None:
+        # The admission's audit row is written before the flush takes the seat, so that the
+        # counter's row lock is held for the person's two rows and the COMMIT only. If the
+        # conditional UPDATE refuses after all (a race for the last seat), it is withdrawn
+        # in the same transaction: nobody ever sees it.
+        admitted_row = audit.record(
             session,
             at=now,
             actor=actor,
             action="add",
             path=path,
-            outcome="waiting",
             subject=fields["username"],
             pool=pool,
-            detail=str(refusal),
         )
-        return user
+        session.add(user)
+        session.info[_READING] = read
+        try:
+            _flush(session, now)
+        except SeatLimitExceeded as exc:
+            refusal = exc
+            audit.withdraw(session, admitted_row)
+            session.expunge(user)
+        else:
+            return user
+    if not wait_when_full:
+        _refused(
+            session,
+            refusal,
+            actor=actor,
+            action="add",
+            path=path,
+            subject=fields["username"],
+            now=now,
+        )
+        raise refusal
+    ad.set(user, "active", False)
+    info["licenses_profile"].update(block_reason=AWAITING_LICENSE, waiting_since=now)
+    session.add(user)
+    _flush(session, now)
+    notifications.exceeded(
+        session,
+        pool=pool,
+        trigger="waiting",
+        path=path,
+        usernames=[fields["username"]],
+        now=now,
+    )
     audit.record(
         session,
         at=now,
         actor=actor,
         action="add",
         path=path,
+        outcome="waiting",
         subject=fields["username"],
         pool=pool,
+        detail=str(refusal),
     )
     return user
 
