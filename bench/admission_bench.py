@@ -15,14 +15,15 @@ attempt. Startup is outside the timed region (a barrier releases all workers at 
 
 What ours does that the bare loop does not (the product, not the benchmark's choice):
 
-- checks the person's fields and that the username is free (case-insensitive), and reads
-  the license in force (its text, from the database, each time the limits are needed; the
-  verification of a text already seen is cached);
+- checks the person's fields and that the username is free (case-insensitive), and judges
+  the license in force (its row is read with the counter, in the same statement as the
+  username check; the text is verified and parsed once per process);
 - builds the user through the host's ORM model, so the safety-net ``before_flush`` listener
   runs, as for any host code, and the profile gets its search keys;
 - writes an audit row for every attempt, admitted or refused (rule 11);
-- on a refusal, reports the exceeded event and decides in the database whether it opens an
-  episode (rule 6: one email per pool per episode), and builds the refusal's sentence.
+- on a refusal, reports the exceeded event, decided in the database (rule 6: one email per
+  pool per episode; nothing more to decide when the reading found the episode open), and
+  builds the refusal's sentence.
 
 The bare loop writes the same user and profile rows on admission and nothing on refusal.
 Neither hashes a password (the seat service does not set one).
