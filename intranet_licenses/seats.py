@@ -284,7 +284,7 @@ _READING = "licenses_reading"
 
 @dataclass(frozen=True)
 class _PoolsRead:
-    """What one statement read: the pools' readings, the license in force, when (pools)."""
+    """What one statement read: for these pools, their counters and episodes; the license."""
 
     pools: tuple[str, ...]
     readings: dict[str, _Reading]
@@ -777,23 +777,24 @@ def add_person(
             f"{fields['username']}: another person already has the email address "
             f"{fields['email']}."
         )
-    user = ad.new_user(**fields)
-    ad.set(user, "active", True)
-    info = inspect(user).info
-    info["licenses_path"] = path
-    info["licenses_profile"] = {
-        "area": area,
-        "readonly": readonly,
-        "source": source,
-        "directory_id": directory_id,
-        "created_at": now,
-    }
     refusal = None
     if session.autoflush and _key(fields["username"]) != _key(config("ADMIN_USERNAME")):
         # The session was flushed just before the reading, so this person is all that the
         # flush would write: a pool that the reading finds full refuses them as the flush
-        # would (the same check, the same reading), without building the flush.
+        # would (the same check, the same reading), without building the user or the flush.
         refusal = _refusal_by_reading(session, read, pool, 1)
+    if refusal is None or wait_when_full:
+        user = ad.new_user(**fields)
+        ad.set(user, "active", True)
+        info = inspect(user).info
+        info["licenses_path"] = path
+        info["licenses_profile"] = {
+            "area": area,
+            "readonly": readonly,
+            "source": source,
+            "directory_id": directory_id,
+            "created_at": now,
+        }
     if refusal is None:
         # The admission's audit row is written before the flush takes the seat, so that the
         # counter's row lock is held for the person's two rows and the COMMIT only. If the
