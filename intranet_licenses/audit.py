@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import insert
+from sqlalchemy import bindparam, insert
 
 from .models import AuditEvent
+
+_table = AuditEvent.__table__
+_INSERT = _table.insert()
+_DELETE = _table.delete().where(_table.c.id == bindparam("event_id"))
 
 
 def record(
@@ -20,26 +24,42 @@ def record(
     subject: str | None = None,
     pool: str | None = None,
     detail: str = "",
-) -> AuditEvent:
-    """Add one audit event to the session; the caller's transaction commits it."""
-    event = AuditEvent(
-        at=at,
-        actor=actor,
-        action=action,
-        path=path,
-        outcome=outcome,
-        subject=subject,
-        pool=pool,
-        detail=detail,
+) -> int:
+    """Write one audit event in the caller's transaction; its commit (or rollback) decides.
+
+    A Core INSERT on the session's connection, at once: no ORM object, no flush (the seat
+    service writes one for every attempt, admitted or refused). It does not flush the
+    session, so it may be called from inside a flush. Returns the row's id.
+    """
+    result = session.connection().execute(
+        _INSERT,
+        {
+            "at": at,
+            "actor": actor,
+            "action": action,
+            "path": path,
+            "outcome": outcome,
+            "subject": subject,
+            "pool": pool,
+            "detail": detail,
+        },
     )
-    session.add(event)
-    return event
+    return result.inserted_primary_key[0]
+
+
+def withdraw(session, event_id: int) -> None:
+    """Remove an event written earlier in this same, uncommitted transaction.
+
+    For an outcome written before it was final (an admission's row, written before the seat
+    was taken, whose seat then went to someone else): no other transaction has seen it.
+    """
+    session.connection().execute(_DELETE, {"event_id": event_id})
 
 
 def record_many(session, events: list[dict]) -> None:
     """Write many audit events at once (bulk imports); each dict has ``record``'s arguments."""
     if events:
         session.execute(
-            insert(AuditEvent.__table__),
+            insert(_table),
             [{"outcome": "ok", "subject": None, "pool": None, "detail": "", **e} for e in events],
         )

@@ -62,6 +62,29 @@ def check_text(text: str | None, today: date) -> Status:
     return _evaluate(text, _config_keys(), config("SITE_NAME"), today)
 
 
+def newest():
+    """The newest installed license's text and installed_at, as a subquery (the one in force).
+
+    For a statement that reads the license beside other figures in one round trip (the
+    seat service reads it with the counters); judge the row with :func:`current_of`.
+    """
+    return (
+        select(InstalledLicense.text, InstalledLicense.installed_at)
+        .order_by(InstalledLicense.id.desc())
+        .limit(1)
+        .subquery("newest_license")
+    )
+
+
+def current_of(text: str | None, installed_at: datetime | None, today: date) -> Current:
+    """The license in force given its row (None, None when none is installed), on ``today``.
+
+    The text is verified and parsed once per process (``check_text`` is cached on the
+    exact text), so a row read on every admission costs a dictionary look-up.
+    """
+    return Current(check_text(text, today), installed_at if text is not None else None)
+
+
 def current(session, today: date) -> Current:
     """The license in force and its status on ``today`` (UTC)."""
     row = session.execute(
@@ -70,8 +93,15 @@ def current(session, today: date) -> Current:
         .limit(1)
     ).first()
     if row is None:
-        return Current(check_text(None, today), None)
-    return Current(check_text(row.text, today), row.installed_at)
+        return current_of(None, None, today)
+    return current_of(row.text, row.installed_at, today)
+
+
+def limits_of(status: Status) -> dict[str, int | None]:
+    """Seats per pool for admissions under ``status``: None is Unlimited; 0 unless valid."""
+    if not status.valid:
+        return dict.fromkeys(POOLS, 0)
+    return {pool: status.license.pool_limit(pool) for pool in POOLS}
 
 
 def installed_text(session) -> str | None:
@@ -83,10 +113,7 @@ def installed_text(session) -> str | None:
 
 def limits(session, today: date) -> dict[str, int | None]:
     """Seats per pool for admissions: None is Unlimited; every limit is 0 unless valid."""
-    status = current(session, today).status
-    if not status.valid:
-        return dict.fromkeys(POOLS, 0)
-    return {pool: status.license.pool_limit(pool) for pool in POOLS}
+    return limits_of(current(session, today).status)
 
 
 def install(session, text: str, *, actor: str, now: datetime, path: str) -> Status:

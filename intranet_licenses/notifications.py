@@ -23,6 +23,20 @@ pool; at commit those pools are checked against the counters and the limits in f
 the same transaction. A refusal after that is a new episode and a new email. Reaching the
 limit exactly is not an event, and page views or restarts send nothing.
 
+An episode that is open already
+-------------------------------
+Most refusals at a full pool happen while its episode is open. The seat service reads the
+pool's counter and its episode row in one statement, and refuses when that statement finds
+the pool full; when the same statement also finds the episode open, the refusal belongs to
+that episode, and nothing more is decided or written for it at commit (no UPDATE). This is
+as safe as the conditional UPDATE: a statement sees one committed state of the database,
+and an episode is closed only in the transaction that frees the seat (or installs the
+license), so a statement that sees the pool full and the episode open is from before the
+close, and a refusal after a close sees the episode closed and goes through the
+conditional UPDATE above (one email for the new episode). A refusal found by the counter's
+conditional UPDATE itself (a race for the last seat), and every other event, is decided by
+the conditional UPDATE at commit as before.
+
 An expired (or otherwise no longer valid) license is noticed by
 :func:`notice_license_state`, called by the extension's pages and by ``flask licenses
 status`` and ``mail send-pending``: the last state seen is kept in ``licenses_setting``
@@ -184,6 +198,7 @@ class _Event:
     count: int
     now: datetime
     detail: str = ""
+    episode_open: bool | None = None
 
 
 def exceeded(
@@ -196,6 +211,7 @@ def exceeded(
     count: int = 1,
     now: datetime,
     detail: str = "",
+    episode_open: bool | None = None,
 ) -> None:
     """Report that ``pool`` was exceeded; the email is decided when the session commits.
 
@@ -206,11 +222,24 @@ def exceeded(
     trigger and path the usernames are merged and the count is the larger of the given
     counts and the number of distinct usernames, so a CSV import may report each row, or
     once with the totals, or both.
+
+    ``episode_open`` is for a refusal that read the pool's counter and its episode row in
+    one statement (the seat service does): True when that statement found the episode
+    open already. See "An episode that is open already" in the module docstring.
     """
     if pool not in POOLS:
         raise ValueError(f"Unknown pool {pool!r}")
     session.info.setdefault(_EVENTS, []).append(
-        _Event(pool, trigger, path, [str(u) for u in usernames], int(count), now, detail)
+        _Event(
+            pool,
+            trigger,
+            path,
+            [str(u) for u in usernames],
+            int(count),
+            now,
+            detail,
+            episode_open,
+        )
     )
 
 
@@ -361,9 +390,14 @@ def _open_episodes(session, events: list[_Event]) -> None:
     now = max(ev.now for ev in events)
     opened = []
     for pool in sorted(by_pool):
+        events_of_pool = by_pool[pool]
+        # Events that all saw the episode open, in the statement that refused them, belong
+        # to it: told already, nothing to decide (see the module docstring).
+        told = all(ev.episode_open is True for ev in events_of_pool)
+        fresh = not told and _open_episode(conn, pool, now)
         # An expired license is told once by notice_license_state: a pool whose episode
         # was already open is named too, since its limit now reads 0 for a new reason.
-        if _open_episode(conn, pool, now) or any(ev.trigger == "expired" for ev in by_pool[pool]):
+        if fresh or any(ev.trigger == "expired" for ev in events_of_pool):
             opened.append(pool)
     if not opened:
         return

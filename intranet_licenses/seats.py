@@ -22,6 +22,24 @@ in pool-name order, so two transactions never wait on each other's rows in a cyc
 lock is held until the transaction ends, so the seat and the profile row it belongs to
 are committed or rolled back together.
 
+Before that UPDATE one plain SELECT reads, in one statement, the counters of the pools the
+flush wants seats in, their exceeded-episode rows and the license in force (its text,
+verified and parsed once per process). A pool that this reading finds full is refused at
+once, without taking the counter's lock, so refusals at a full pool do not queue behind
+admissions. The reading only ever refuses: a seat is granted by the conditional UPDATE
+alone, which re-checks the limit against the committed count, so a stale reading can
+cost a refusal that a moment later would have been an admission (as any earlier refusal
+would), never an extra seat. The limit the UPDATE checks comes from the same reading: a
+license installed after it applies from the next attempt on, as before (the license was
+always read before the UPDATE, in a statement of its own).
+
+:func:`add_person` takes that reading itself, in the statement that checks the username,
+and hands it to its flush. When the reading finds the pool full it refuses without
+flushing (the session was flushed just before, so the new person is all the flush would
+have written; same check, same reading). Otherwise it writes the admission's audit row and
+flushes, so that the counter's lock is held only for the person's two rows and the COMMIT;
+should the UPDATE refuse after all, that row is withdrawn in the same transaction.
+
 Because the listener sees every flush, host code that writes the user model through the
 ORM is held to the same rule (the "safety net"); raw SQL is not seen (see the README).
 
@@ -44,7 +62,20 @@ from datetime import datetime
 
 from email_validator import EmailNotValidError, validate_email
 from flask import current_app, has_app_context
-from sqlalchemy import and_, case, event, func, insert, inspect, or_, select, update
+from sqlalchemy import (
+    Integer,
+    and_,
+    bindparam,
+    case,
+    event,
+    func,
+    insert,
+    inspect,
+    or_,
+    select,
+    true,
+    update,
+)
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import Session
 
@@ -57,12 +88,15 @@ from .models import (
     BLOCKED_BY_ADMIN,
     POOLS,
     PRIMARY_AREA,
+    Episode,
     Profile,
     SeatCounter,
     utcnow,
 )
 
 _counters = SeatCounter.__table__
+#: Read (never written) here: a refusal reports whether its pool's episode is open already.
+_episodes = Episode.__table__
 
 
 # Errors ---------------------------------------------------------------------------------
@@ -79,13 +113,24 @@ class PersonError(SeatError):
 class SeatLimitExceeded(SeatError):
     """No free seat in ``pool``: carries the pool, its limit and its usage."""
 
-    def __init__(self, pool: str, limit: int | None, used: int, needed: int = 1, why=None):
+    def __init__(
+        self,
+        pool: str,
+        limit: int | None,
+        used: int,
+        needed: int = 1,
+        why=None,
+        episode_open: bool | None = None,
+    ):
         self.pool = pool
         self.limit = limit
         self.used = used
         self.needed = needed
         #: The license status sentence when the license is not valid, else None.
         self.license_problem = why
+        #: Whether the pool's exceeded episode was open in the very statement that found the
+        #: pool full (None when not read with it); see notifications.exceeded.
+        self.episode_open = episode_open
         super().__init__(self._sentence())
 
     def _sentence(self) -> str:
@@ -190,12 +235,20 @@ def summary_sentence(figures: list[PoolFigures]) -> str:
 # The counters ---------------------------------------------------------------------------
 
 
+# The statements of every admission are built once (building one costs more CPU than
+# running it from SQLAlchemy's compiled cache); the values are bound per call.
+_ADD = update(_counters).where(_counters.c.pool == bindparam("seat_pool"))
+_ADD = _ADD.values(used=_counters.c.used + bindparam("delta", type_=Integer))
+_TAKE = _ADD.where(
+    _counters.c.used + bindparam("delta", type_=Integer) <= bindparam("seat_limit", type_=Integer)
+)
+
+
 def _take(conn, pool: str, n: int, limit: int | None) -> bool:
     """Take ``n`` seats in ``pool`` if they are free; True when taken. See module docstring."""
-    stmt = update(_counters).where(_counters.c.pool == pool).values(used=_counters.c.used + n)
-    if limit is not None:
-        stmt = stmt.where(_counters.c.used + n <= limit)
-    return conn.execute(stmt).rowcount == 1
+    if limit is None:
+        return conn.execute(_ADD, {"seat_pool": pool, "delta": n}).rowcount == 1
+    return conn.execute(_TAKE, {"seat_pool": pool, "delta": n, "seat_limit": limit}).rowcount == 1
 
 
 def _adjust(conn, pool: str, n: int) -> None:
@@ -206,6 +259,86 @@ def _adjust(conn, pool: str, n: int) -> None:
 
 def _used(conn, pool: str) -> int:
     return conn.execute(select(_counters.c.used).where(_counters.c.pool == pool)).scalar_one()
+
+
+@dataclass(frozen=True)
+class _Reading:
+    """One pool as one statement saw it: seats in use, and whether its episode was open."""
+
+    used: int
+    episode_open: bool | None
+
+
+_newest = licensing.newest()
+_READ_ALL = select(
+    _counters.c.pool,
+    _counters.c.used,
+    _episodes.c.open,
+    _newest.c.text,
+    _newest.c.installed_at,
+).select_from(
+    _counters.outerjoin(_episodes, _episodes.c.pool == _counters.c.pool).outerjoin(_newest, true())
+)
+_READ_POOLS = _READ_ALL.where(_counters.c.pool.in_(bindparam("pools", expanding=True)))
+#: One pool, and whether a username key is taken (add_person's first statement).
+_READ_POOL_AND_USERNAME = _READ_ALL.where(_counters.c.pool == bindparam("pool")).add_columns(
+    select(Profile.__table__.c.user_id)
+    .where(Profile.__table__.c.username_key == bindparam("key"))
+    .scalar_subquery()
+    .label("taken")
+)
+#: session.info: add_person's reading, for the flush that follows it (see _move_counters).
+_READING = "licenses_reading"
+
+
+@dataclass(frozen=True)
+class _PoolsRead:
+    """What one statement read: for these pools, their counters and episodes; the license."""
+
+    pools: tuple[str, ...]
+    readings: dict[str, _Reading]
+    current: licensing.Current
+
+
+def _refusal_by_reading(session, read: _PoolsRead, pool: str, needed: int):
+    """The refusal when ``read`` finds ``pool`` without ``needed`` free seats, else None."""
+    status = read.current.status
+    limit = licensing.limits_of(status)[pool]
+    reading = read.readings.get(pool)
+    if limit is None or reading is None or reading.used + needed <= limit:
+        return None
+    refusal = SeatLimitExceeded(
+        pool,
+        limit,
+        reading.used,
+        needed=needed,
+        why=None if status.valid else status.sentence,
+        episode_open=reading.episode_open,
+    )
+    session.info["licenses_refusal"] = refusal  # for last_refusal()
+    return refusal
+
+
+def _read_pools(session, conn, pools: list[str], today, *, username_key=None):
+    """The pools' counters, their episodes and the license in force, in one statement.
+
+    One round trip instead of three: the license row comes with the counters (its text is
+    verified and parsed once per process, see ``licensing.current_of``), and the episode
+    flag tells a refusal whether the Responsible person has been told already. With
+    ``username_key`` it also says who has that username key: returns (read, user id or
+    None, or ``...`` when it could not be read).
+    """
+    if username_key is None:
+        rows = conn.execute(_READ_POOLS, {"pools": pools}).all()
+    else:
+        (pool,) = pools
+        rows = conn.execute(_READ_POOL_AND_USERNAME, {"pool": pool, "key": username_key}).all()
+    if not rows:  # no counter rows (a broken schema): the license alone; _take refuses
+        read = _PoolsRead(tuple(pools), {}, licensing.current(session, today))
+        return read, ...
+    readings = {row.pool: _Reading(row.used, row.open) for row in rows}
+    current = licensing.current_of(rows[0].text, rows[0].installed_at, today)
+    return _PoolsRead(tuple(pools), readings, current), rows[0].taken if username_key else ...
 
 
 # The safety net: every flush of the host's users is reconciled with the counters -------
@@ -305,6 +438,7 @@ def _reconcile(session, flush_context, instances) -> None:
     """before_flush: move the seat counters for every host user whose seat changes."""
     session.info.pop("licenses_new_profiles", None)
     session.info.pop("licenses_refusal", None)
+    reading = session.info.pop(_READING, None)
     if not has_app_context() or "licenses" not in current_app.extensions:
         return
     if not _schema_ready(session):
@@ -358,7 +492,7 @@ def _reconcile(session, flush_context, instances) -> None:
 
     _read_held_seats(session, changes)
     if not session.info.get("licenses_recounting"):
-        _move_counters(session, changes, now)
+        _move_counters(session, changes, now, reading)
 
     # All seats were granted: record what each profile holds now.
     for change in changes:
@@ -412,8 +546,12 @@ def _read_held_seats(session, changes: list[_Change]) -> None:
         change.held = held[change.profile.user_id]
 
 
-def _move_counters(session, changes: list[_Change], now: datetime) -> None:
-    """Apply the net seat change per pool, in pool order; refuse and undo on a full pool."""
+def _move_counters(session, changes: list[_Change], now: datetime, read=None) -> None:
+    """Apply the net seat change per pool, in pool order; refuse and undo on a full pool.
+
+    ``read`` is what add_person read, in this transaction, just before this flush (with its
+    username check): used instead of reading again when it covers exactly these pools.
+    """
     deltas: Counter[str] = Counter()
     for change in changes:
         if change.held != change.want:
@@ -424,11 +562,17 @@ def _move_counters(session, changes: list[_Change], now: datetime) -> None:
     if not any(deltas.values()):
         return
     conn = session.connection()
-    limits = licensing.limits(session, now.date()) if any(d > 0 for d in deltas.values()) else {}
+    wanted = sorted(pool for pool, delta in deltas.items() if delta > 0)
+    limits: dict[str, int | None] = {}
+    current = None
+    if wanted:
+        if read is None or read.pools != tuple(wanted):
+            read, _ = _read_pools(session, conn, wanted, now.date())
+        current = read.current
+        limits = licensing.limits_of(current.status)
 
     def refuse(pool: str, used: int):
-        status = licensing.current(session, now.date()).status
-        why = None if status.valid else status.sentence
+        why = None if current.status.valid else current.status.sentence
         refusal = SeatLimitExceeded(pool, limits[pool], used, needed=deltas[pool], why=why)
         session.info["licenses_refusal"] = refusal  # for last_refusal()
         return refusal
@@ -436,12 +580,11 @@ def _move_counters(session, changes: list[_Change], now: datetime) -> None:
     # A pool that is already full by its committed count is refused without taking the
     # counter's lock, so refusals at a full pool do not queue behind admissions. Seats are
     # only ever granted by the conditional UPDATE below.
-    for pool in sorted(deltas):
-        limit = limits.get(pool)
-        if deltas[pool] > 0 and limit is not None and _used(conn, pool) + deltas[pool] > limit:
-            releases = sum(-d for d in deltas.values() if d < 0)
-            if not releases:
-                raise refuse(pool, _used(conn, pool))
+    if not any(d < 0 for d in deltas.values()):  # a release may make room: then the UPDATE
+        for pool in wanted:
+            refusal = _refusal_by_reading(session, read, pool, deltas[pool])
+            if refusal is not None:
+                raise refusal
     applied: list[tuple[str, int]] = []
     for pool in sorted(deltas):
         delta = deltas[pool]
@@ -499,6 +642,7 @@ def _flush(session, now: datetime) -> None:
         session.flush()
     finally:
         session.info.pop("licenses_now", None)
+        session.info.pop(_READING, None)  # add_person's reading serves one flush at most
 
 
 def profile_of(session, user) -> Profile:
@@ -532,12 +676,13 @@ def get_person(session, user_id: int):
 
 def username_taken(session, username: str) -> str | None:
     """The existing username that equals ``username`` without regard to case, if any."""
-    user_id = session.execute(
-        select(Profile.user_id).where(Profile.username_key == _key(username))
-    ).scalar()
+    user_id = session.execute(_BY_USERNAME_KEY, {"key": _key(username)}).scalar()
     if user_id is None:
         return None
     return adapter().get(session.get(adapter().model, user_id), "username")
+
+
+_BY_USERNAME_KEY = select(Profile.user_id).where(Profile.username_key == bindparam("key"))
 
 
 def email_taken(session, email: str) -> bool:
@@ -624,7 +769,13 @@ def _refused(session, refusal: SeatError, *, actor, action, path, subject, now) 
     pool = getattr(refusal, "pool", None)
     if isinstance(refusal, SeatLimitExceeded):
         notifications.exceeded(
-            session, pool=pool, trigger="refused", path=path, usernames=[subject], now=now
+            session,
+            pool=pool,
+            trigger="refused",
+            path=path,
+            usernames=[subject],
+            now=now,
+            episode_open=refusal.episode_open,
         )
     audit.record(
         session,
@@ -664,7 +815,20 @@ def add_person(
     path = path or source
     fields = check_person_fields(username, first_name, surname, email)
     area = check_area(area)
-    existing = username_taken(session, fields["username"])
+    pool = pool_for(area, readonly)
+    # One statement reads whether the username is taken and the pool's counter, episode and
+    # license, for the flush below (it only ever refuses; the conditional UPDATE grants).
+    if session.autoflush:
+        session.flush()  # as the ORM's autoflush would before a query: pending people count
+    read, taken = _read_pools(
+        session, session.connection(), [pool], now.date(), username_key=_key(fields["username"])
+    )
+    if taken is ...:
+        existing = username_taken(session, fields["username"])
+    elif taken is not None:
+        existing = ad.get(session.get(ad.model, taken), "username")
+    else:
+        existing = None
     if existing is not None:
         raise PersonError(
             f"A person with the username '{existing}' already exists "
@@ -675,65 +839,81 @@ def add_person(
             f"{fields['username']}: another person already has the email address "
             f"{fields['email']}."
         )
-    user = ad.new_user(**fields)
-    ad.set(user, "active", True)
-    info = inspect(user).info
-    info["licenses_path"] = path
-    info["licenses_profile"] = {
-        "area": area,
-        "readonly": readonly,
-        "source": source,
-        "directory_id": directory_id,
-        "created_at": now,
-    }
-    session.add(user)
-    pool = pool_for(area, readonly)
-    try:
-        _flush(session, now)
-    except SeatLimitExceeded as refusal:
-        if not wait_when_full:
-            session.expunge(user)
-            _refused(
-                session,
-                refusal,
-                actor=actor,
-                action="add",
-                path=path,
-                subject=fields["username"],
-                now=now,
-            )
-            raise
-        ad.set(user, "active", False)
-        info["licenses_profile"].update(block_reason=AWAITING_LICENSE, waiting_since=now)
-        _flush(session, now)
-        notifications.exceeded(
-            session,
-            pool=pool,
-            trigger="waiting",
-            path=path,
-            usernames=[fields["username"]],
-            now=now,
-        )
-        audit.record(
+    refusal = None
+    if session.autoflush and _key(fields["username"]) != _key(config("ADMIN_USERNAME")):
+        # The session was flushed just before the reading, so this person is all that the
+        # flush would write: a pool that the reading finds full refuses them as the flush
+        # would (the same check, the same reading), without building the user or the flush.
+        refusal = _refusal_by_reading(session, read, pool, 1)
+    if refusal is None or wait_when_full:
+        user = ad.new_user(**fields)
+        ad.set(user, "active", True)
+        info = inspect(user).info
+        info["licenses_path"] = path
+        info["licenses_profile"] = {
+            "area": area,
+            "readonly": readonly,
+            "source": source,
+            "directory_id": directory_id,
+            "created_at": now,
+        }
+    if refusal is None:
+        # The admission's audit row is written before the flush takes the seat, so that the
+        # counter's row lock is held for the person's two rows and the COMMIT only. If the
+        # conditional UPDATE refuses after all (a race for the last seat), it is withdrawn
+        # in the same transaction: nobody ever sees it.
+        admitted_row = audit.record(
             session,
             at=now,
             actor=actor,
             action="add",
             path=path,
-            outcome="waiting",
             subject=fields["username"],
             pool=pool,
-            detail=str(refusal),
         )
-        return user
+        session.add(user)
+        session.info[_READING] = read
+        try:
+            _flush(session, now)
+        except SeatLimitExceeded as exc:
+            refusal = exc
+            audit.withdraw(session, admitted_row)
+            session.expunge(user)
+        else:
+            return user
+    if not wait_when_full:
+        _refused(
+            session,
+            refusal,
+            actor=actor,
+            action="add",
+            path=path,
+            subject=fields["username"],
+            now=now,
+        )
+        raise refusal
+    ad.set(user, "active", False)
+    info["licenses_profile"].update(block_reason=AWAITING_LICENSE, waiting_since=now)
+    session.add(user)
+    _flush(session, now)
+    notifications.exceeded(
+        session,
+        pool=pool,
+        trigger="waiting",
+        path=path,
+        usernames=[fields["username"]],
+        now=now,
+    )
     audit.record(
         session,
         at=now,
         actor=actor,
         action="add",
         path=path,
+        outcome="waiting",
         subject=fields["username"],
         pool=pool,
+        detail=str(refusal),
     )
     return user
 

@@ -11,7 +11,7 @@ from conftest import PASSWORD, app_config
 
 import wsgi
 from intranet_licenses import licensing, seats
-from intranet_licenses.models import SeatCounter, utcnow
+from intranet_licenses.models import AuditEvent, SeatCounter, utcnow
 
 PROCESSES = 8
 ATTEMPTS = 400
@@ -120,6 +120,16 @@ def _check(app, results, highest):
         )
         assert seats.usage(session)["intranet"] == SEATS
         assert active == everyone == SEATS
+        # One audit row per attempt, with its outcome (an admission's row written before a
+        # seat lost to another worker is withdrawn).
+        outcomes = dict(
+            session.execute(
+                sa.select(AuditEvent.outcome, sa.func.count())
+                .where(AuditEvent.action == "add", AuditEvent.subject.like("racer%"))
+                .group_by(AuditEvent.outcome)
+            ).all()
+        )
+        assert outcomes == {"ok": SEATS, "refused": ATTEMPTS - SEATS}
         findings = seats.recount(session, actor="t", now=utcnow())
         session.rollback()
         assert findings == []

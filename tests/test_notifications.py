@@ -178,6 +178,46 @@ def test_300_refused_additions_send_one_email_and_a_new_episode_sends_another(
     assert "late" in body(smtp_server.messages[1][2])
 
 
+def test_a_refusal_that_finds_the_episode_open_writes_only_its_audit_row(
+    mail_app, smtp_server, install_license
+):
+    """The statement that finds the pool full also finds the episode open: nothing to decide."""
+    app = mail_app
+    set_responsible(app)
+    install_license(intranet=1)
+    assert add(app, "holder")
+    assert not add(app, "first-refused")  # opens the episode: one email
+    statements = []
+    with app.app_context():
+        engine = wsgi.db.engine
+
+        def record(conn, cursor, statement, *args):
+            statements.append(" ".join(statement.split()))
+
+        sa.event.listen(engine, "before_cursor_execute", record)
+        try:
+            assert not add(app, "second-refused")
+        finally:
+            sa.event.remove(engine, "before_cursor_execute", record)
+    assert [s for s in statements if "licenses_episode" in s and not s.startswith("SELECT")] == []
+    assert len([s for s in statements if s.startswith("INSERT INTO licenses_audit")]) == 1
+    assert len(smtp_server.messages) == 1
+    with app.app_context():
+        refusal = wsgi.db.session.scalars(
+            sa.select(AuditEvent).where(AuditEvent.subject == "second-refused")
+        ).one()
+        assert (refusal.action, refusal.outcome, refusal.pool) == ("add", "refused", "intranet")
+
+    # An event that did not see the episode open (here, one reported without a reading)
+    # is still decided at commit: the episode is open, so no second email.
+    with app.app_context():
+        notifications.exceeded(
+            wsgi.db.session, pool="intranet", trigger="refused", path="test", now=utcnow()
+        )
+        wsgi.db.session.commit()
+    assert len(smtp_server.messages) == 1
+
+
 def test_a_bulk_upload_names_up_to_20_and_counts_all(mail_app, smtp_server, install_license):
     app = mail_app
     set_responsible(app)

@@ -684,3 +684,46 @@ def test_usernames_are_compared_in_unicode_normal_form_c(app):
         found = seats.find_person(wsgi.db.session, "e\u0301lise")
         assert found.username == "\u00e9lise"
     assert count_users(app) == before + 1
+
+
+def test_the_username_check_sees_existing_and_pending_people_whatever_the_case(app):
+    """add_person reads the username with the seat counter in one statement; the same rules."""
+    add(app, "Lena")
+    with pytest.raises(seats.PersonError, match="'Lena' already exists"):
+        add(app, "LENA")
+    with app.app_context():
+        session = wsgi.db.session
+        # Added through the ORM and not flushed yet: counted as the ORM's autoflush would.
+        session.add(wsgi.User(username="Pending", first_name="P", surname="Q", email=""))
+        with pytest.raises(seats.PersonError, match="'Pending' already exists"):
+            seats.add_person(
+                session,
+                username="pending",
+                first_name="P",
+                surname="Q",
+                email="",
+                actor="tester",
+                now=utcnow(),
+                path="test",
+            )
+        session.rollback()
+    assert usage(app)["intranet"] == 1
+
+
+def test_a_seat_taken_between_the_reading_and_the_update_is_refused_and_audited_once(
+    app, install_license, monkeypatch
+):
+    """The race for the last seat: the reading saw a free seat, the conditional UPDATE none.
+
+    The admission's audit row, written before the flush, is withdrawn; the refusal's row is
+    the only one for that person.
+    """
+    install_license(intranet=1)
+    add(app, "winner")
+    monkeypatch.setattr(seats, "_refusal_by_reading", lambda *args: None)  # a stale reading
+    with pytest.raises(seats.SeatLimitExceeded, match="1 of 1 seats are in use"):
+        add(app, "loser")
+    rows = [(subject, outcome) for _, subject, outcome, *_ in audit_rows(app, "add")]
+    assert rows == [("winner", "ok"), ("loser", "refused")]
+    assert usage(app)["intranet"] == 1
+    assert count_users(app) == 2  # the administrator and the winner

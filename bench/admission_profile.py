@@ -1,0 +1,137 @@
+"""One worker's admission loop in a single process on PostgreSQL: statements and a profile.
+
+Counts the SQL statements (each one a round trip; BEGIN and COMMIT counted apart) of every
+admitted and every refused attempt with a ``before_cursor_execute`` listener, then profiles
+the same loop with cProfile. Not a test; not run by ``make test``.
+
+    .venv/bin/python bench/admission_profile.py [--url postgresql://postgres@127.0.0.1/test]
+        [--seats 250] [--attempts 1000] [--profile FILE] [--show-sql]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import sqlalchemy as sa
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import admission_bench as bench  # noqa: E402
+
+import wsgi  # noqa: E402
+from intranet_licenses.license_file import generate_key_pair  # noqa: E402
+
+
+def _loop(session, prefix: str, count: int, on_attempt=None) -> int:
+    admitted = 0
+    for attempt in range(count):
+        ok = bench.attempt(session, f"{prefix}{attempt}")
+        admitted += ok
+        if on_attempt is not None:
+            on_attempt(ok)
+    return admitted
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--seats", type=int, default=250)
+    parser.add_argument("--attempts", type=int, default=1000)
+    parser.add_argument("--profile", help="write the cProfile statistics to this file")
+    parser.add_argument("--show-sql", action="store_true", help="print one attempt's statements")
+    options = parser.parse_args()
+    server = options.url.replace("postgresql://", "postgresql+psycopg://", 1)
+    keys = Path(tempfile.mkdtemp(prefix="admission-profile-"))
+    private_pem, public_pem = generate_key_pair()
+    (keys / "private.pem").write_bytes(private_pem)
+    (keys / "public.pem").write_bytes(public_pem)
+
+    url = bench.fresh_database(server)
+    try:
+        bench.prepare(url, keys, options.seats)
+        app = bench.make_app(url, keys)
+        with app.app_context():
+            session = wsgi.db.session
+            engine = wsgi.db.engine
+            statements: list[str] = []
+
+            def count(conn, cursor, statement, parameters, context, executemany):
+                statements.append(statement)
+
+            def on_begin(conn):
+                statements.append("BEGIN (implicit)")
+
+            def on_commit(conn):
+                statements.append("COMMIT")
+
+            sa.event.listen(engine, "before_cursor_execute", count)
+            sa.event.listen(engine, "begin", on_begin)
+            sa.event.listen(engine, "commit", on_commit)
+            per = {True: Counter(), False: Counter()}
+            shown = {True: False, False: False}
+            mark = [0]
+
+            def on_attempt(ok):
+                mine = statements[mark[0] :]
+                mark[0] = len(statements)
+                per[ok]["attempts"] += 1
+                per[ok]["statements"] += len(mine)
+                if options.show_sql and not shown[ok] and per[ok]["attempts"] == 3:
+                    shown[ok] = True
+                    print(f"--- one {'admitted' if ok else 'refused'} attempt:")
+                    for s in mine:
+                        print("   ", " ".join(s.split())[:160])
+
+            # Warm up (first statements compile, first license read) outside the counts.
+            bench.attempt(session, "warm")
+            mark[0] = len(statements)
+            start = time.perf_counter()
+            admitted = _loop(session, "s", options.attempts, on_attempt)
+            elapsed = time.perf_counter() - start
+            for ok, label in ((True, "admitted"), (False, "refused")):
+                n = per[ok]["attempts"]
+                if n:
+                    print(
+                        f"{label:8}: {n:5} attempts, {per[ok]['statements'] / n:.2f} "
+                        "round trips each (statements incl. BEGIN/COMMIT)"
+                    )
+            print(
+                f"{options.attempts} attempts in {elapsed:.2f} s: "
+                f"{options.attempts / elapsed:.0f}/s, admitted {admitted + 1}"
+            )
+            sa.event.remove(engine, "before_cursor_execute", count)
+            sa.event.remove(engine, "begin", on_begin)
+            sa.event.remove(engine, "commit", on_commit)
+
+        # The same loop again, profiled, on a fresh database.
+        bench.drop_database(server, url)
+        url = bench.fresh_database(server)
+        bench.prepare(url, keys, options.seats)
+        app = bench.make_app(url, keys)
+        with app.app_context():
+            session = wsgi.db.session
+            bench.attempt(session, "warm")
+            profiler = cProfile.Profile()
+            profiler.enable()
+            _loop(session, "p", options.attempts)
+            profiler.disable()
+            wsgi.db.engine.dispose()
+        stats = pstats.Stats(profiler)
+        if options.profile:
+            stats.dump_stats(options.profile)
+        stats.sort_stats("cumulative").print_stats(45)
+        stats.sort_stats("tottime").print_stats(25)
+    finally:
+        bench.drop_database(server, url)
+
+
+if __name__ == "__main__":
+    main()
