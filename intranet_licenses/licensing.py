@@ -62,21 +62,43 @@ def check_text(text: str | None, today: date) -> Status:
     return _evaluate(text, _config_keys(), config("SITE_NAME"), today)
 
 
+def latest(column):
+    """A scalar subquery: ``column`` of the license in force (the newest installed row).
+
+    For reading the license in the same statement as other figures (one round trip): the
+    text read each time is the cache key of its verification (``check_text``), so every
+    process sees a newly installed license at its next request, with nothing to invalidate.
+    """
+    return select(column).order_by(InstalledLicense.id.desc()).limit(1).scalar_subquery()
+
+
+def current_columns() -> tuple:
+    """The columns ``current_from`` needs, to add to another select."""
+    return (
+        latest(InstalledLicense.text).label("license_text"),
+        latest(InstalledLicense.installed_at).label("license_installed_at"),
+    )
+
+
+def current_from(row, today: date) -> Current:
+    """The license in force from a row mapping holding ``current_columns()``."""
+    if row["license_text"] is None:
+        return Current(check_text(None, today), None)
+    return Current(check_text(row["license_text"], today), row["license_installed_at"])
+
+
 def current(session, today: date) -> Current:
     """The license in force and its status on ``today`` (UTC)."""
-    row = session.execute(
-        select(InstalledLicense.text, InstalledLicense.installed_at)
-        .order_by(InstalledLicense.id.desc())
-        .limit(1)
-    ).first()
-    if row is None:
-        return Current(check_text(None, today), None)
-    return Current(check_text(row.text, today), row.installed_at)
+    return current_from(session.execute(select(*current_columns())).one()._mapping, today)
 
 
 def limits(session, today: date) -> dict[str, int | None]:
     """Seats per pool for admissions: None is Unlimited; every limit is 0 unless valid."""
-    status = current(session, today).status
+    return limits_of(current(session, today).status)
+
+
+def limits_of(status: Status) -> dict[str, int | None]:
+    """The limits a license status grants: every limit is 0 unless it is valid."""
     if not status.valid:
         return dict.fromkeys(POOLS, 0)
     return {pool: status.license.pool_limit(pool) for pool in POOLS}

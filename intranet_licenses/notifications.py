@@ -31,6 +31,7 @@ and changed with a conditional UPDATE, so it is told once.
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -462,17 +463,22 @@ def remember_license_state(session, state: str) -> None:
         setting.value = state
 
 
+@functools.cache
+def _license_state_statement():
+    """The license in force and the state last seen, in one statement (every page asks)."""
+    seen = select(_settings.c.value).where(_settings.c.name == LICENSE_STATE)
+    return select(*licensing.current_columns(), seen.scalar_subquery().label("seen"))
+
+
 def notice_license_state(session, now: datetime) -> bool:
     """Compare the license's state with the last one seen; report a newly invalid license.
 
     Returns True when the state changed (the caller commits). Of several processes that
     notice the same change, one wins the conditional UPDATE and reports it.
     """
-    status = licensing.current(session, now.date()).status
-    conn = session.connection()
-    seen = conn.execute(
-        select(_settings.c.value).where(_settings.c.name == LICENSE_STATE)
-    ).scalar()
+    row = session.execute(_license_state_statement()).one()._mapping
+    status = licensing.current_from(row, now.date()).status
+    seen = row["seen"]
     if seen == status.state:
         return False
     if seen is None:  # the migration made the row; it was removed by hand
@@ -480,11 +486,13 @@ def notice_license_state(session, now: datetime) -> bool:
         session.add(Setting(name=LICENSE_STATE, value=status.state))
     else:
         won = (
-            conn.execute(
+            session.connection()
+            .execute(
                 update(_settings)
                 .where(_settings.c.name == LICENSE_STATE, _settings.c.value == seen)
                 .values(value=status.state)
-            ).rowcount
+            )
+            .rowcount
             == 1
         )
     if not won or status.valid or status.state == "none":

@@ -28,6 +28,7 @@ ORM is held to the same rule (the "safety net"); raw SQL is not seen (see the RE
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass
@@ -160,12 +161,35 @@ class PoolFigures:
         return self.limit is not None and self.used > self.limit
 
 
-def figures(session, now: datetime) -> list[PoolFigures]:
-    """Used, limit, free and waiting for every pool."""
-    used = usage(session)
-    limit = licensing.limits(session, now.date())
-    wait = waiting(session)
-    return [PoolFigures(p, used[p], limit[p], wait[p]) for p in POOLS]
+@functools.cache
+def _figures_statement(with_license: bool):
+    """The counters and waiting counts of every pool (and the license in force), one row."""
+    columns = []
+    for pool in POOLS:
+        used = select(SeatCounter.used).where(SeatCounter.pool == pool)
+        columns.append(used.scalar_subquery().label(f"used_{pool}"))
+        waiting_here = (
+            select(func.count())
+            .select_from(Profile)
+            .where(Profile.block_reason == AWAITING_LICENSE, Profile.pool == pool)
+        )
+        columns.append(waiting_here.scalar_subquery().label(f"waiting_{pool}"))
+    if with_license:
+        columns.extend(licensing.current_columns())
+    return select(*columns)
+
+
+def figures(session, now: datetime, current=None) -> list[PoolFigures]:
+    """Used, limit, free and waiting for every pool, in one statement.
+
+    The counters, the waiting counts (index-only, ``ix_licenses_profile_waiting``) and, unless
+    ``current`` (a ``licensing.Current`` already read) is given, the license in force.
+    """
+    row = session.execute(_figures_statement(current is None)).one()._mapping
+    if current is None:
+        current = licensing.current_from(row, now.date())
+    limit = licensing.limits_of(current.status)
+    return [PoolFigures(p, row[f"used_{p}"] or 0, limit[p], row[f"waiting_{p}"]) for p in POOLS]
 
 
 def summary_sentence(figures: list[PoolFigures]) -> str:

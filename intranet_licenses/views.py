@@ -106,7 +106,7 @@ def _render_license(responsible_form=None, responsible_problem=None, status: int
         "licenses/license.html",
         current=current,
         sentence=licensing.validity_sentence(current),
-        figures=seats.figures(session, now),
+        figures=seats.figures(session, now, current),
         form=InstallLicenseForm(),
         fetch_url=config("FETCH_URL"),
         fetch_form=ConfirmForm(),

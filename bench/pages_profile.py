@@ -1,0 +1,79 @@
+"""Where a page's CPU goes: the pages of ``pages_bench.py`` in-process, timed and profiled.
+
+Not a test and not run by ``make test``. Run from the project folder:
+
+    .venv/bin/python bench/pages_profile.py [--size 100000] [--folder DIR] [--requests 200]
+        [--profile PATH ...] [--top 25]
+
+It builds (or reuses) the benchmark database of ``--size`` profiles (``bench/profiles.py``),
+makes the demo app on it (CSRF on, as in production), signs in as the administrator through
+the Flask test client, and for each page prints the median time of one request over
+``--requests`` requests, in CPU time of this thread (other jobs on the machine change the
+wall-clock times a lot, the CPU time much less). ``--profile PATH`` (repeatable, e.g. ``/hello`` or
+``/admin/licenses/people``) also prints the ``--top`` functions by own and cumulative time
+(cProfile) for those pages. No server, no network: a page's own Python, per request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pages_bench import pages  # noqa: E402
+from profiles import ROOT, build_sqlite  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=100_000)
+    parser.add_argument("--folder", default=None, help="Scratch folder (default: a new one)")
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--profile", action="append", default=[], help="A page to profile")
+    parser.add_argument("--top", type=int, default=25)
+    args = parser.parse_args()
+    folder = Path(args.folder or tempfile.mkdtemp(prefix="pages-profile-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    url = f"sqlite:///{build_sqlite(folder, args.size)}"
+    sys.path.insert(0, str(ROOT))
+    import wsgi
+
+    app = wsgi.create_app({"SQLALCHEMY_DATABASE_URI": url}, instance_path=str(folder / "instance"))
+    client = app.test_client()
+    with client.session_transaction() as session:
+        session["user_id"] = 1  # the administrator account
+    base = None
+    for _, path, expected in pages(args.size):
+        response = client.get(path)
+        assert response.status_code == 200 and expected in response.text, path
+        for _ in range(20):  # warm up: templates compiled, statements cached
+            client.get(path)
+        times = []
+        for _ in range(args.requests):
+            began = time.thread_time()
+            client.get(path)
+            times.append(time.thread_time() - began)
+        median = statistics.median(times)
+        base = base or median  # the first page is the trivial one
+        print(f"{path:<45} {median * 1000:7.2f} ms CPU  {median / base:5.1f} x /hello", flush=True)
+    for path in args.profile:
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for _ in range(args.requests):
+            client.get(path)
+        profiler.disable()
+        for order in ("tottime", "cumulative"):
+            out = io.StringIO()
+            pstats.Stats(profiler, stream=out).sort_stats(order).print_stats(args.top)
+            print(f"\n== {path}, {args.requests} requests, by {order}\n{out.getvalue()}")
+
+
+if __name__ == "__main__":
+    main()
