@@ -224,9 +224,6 @@ def _render_people(add_form=None, add_problem=None, status: int = 200):
         size=config("PAGE_SIZE"),
         **filters,
     )
-    if add_form is None:
-        add_form = AddPersonForm(formdata=None)
-        add_form.area.choices = _area_choices()
     return render_template(
         "licenses/people.html",
         listing=listing,
@@ -244,12 +241,16 @@ def _render_people(add_form=None, add_problem=None, status: int = 200):
 
 def _back_to_people():
     """Back to the People page the form came from (only a path under this blueprint)."""
-    target = request.form.get("next", "")
+    return redirect(_back_to_people_target(request.form.get("next", "")))
+
+
+def _back_to_people_target(target: str) -> str:
+    """``target`` when it is a path under the People page, else the People page itself."""
     people = url_for(".people_page")
     parts = urlsplit(target)
     if parts.scheme or parts.netloc or not target.startswith(people) or "\\" in target:
         target = people
-    return redirect(target)
+    return target
 
 
 def _run(action, success: str):
@@ -350,11 +351,30 @@ def unblock_person(user_id: int):
     return _person_action(user_id, seats.unblock, "{name} is active again.")
 
 
-@bp.post("/people/<int:user_id>/move")
+@bp.route("/people/<int:user_id>/move", methods=["GET", "POST"])
 @role_required(PEOPLE_ADMIN)
 def move_person(user_id: int):
+    """GET: the person's own Move page (area, read-only); POST: the move."""
     form = MoveForm()
     form.area.choices = _area_choices()
+    if request.method == "GET":
+        session = _session()
+        try:
+            user = seats.get_person(session, user_id)
+            profile = seats.profile_of(session, user)
+        except seats.PersonError as problem:
+            flash(str(problem), "error")
+            return redirect(url_for(".people_page"))
+        form.area.data = profile.area
+        form.readonly.data = profile.readonly
+        return render_template(
+            "licenses/move.html",
+            user_id=user_id,
+            username=adapter().get(user, "username"),
+            profile=profile,
+            form=form,
+            next_url=_back_to_people_target(request.args.get("next", "")),
+        )
     if not form.validate_on_submit():
         flash("The move was not made: choose an area.", "error")
         return _back_to_people()
