@@ -62,8 +62,11 @@ def main() -> None:
             times.append(time.thread_time() - began)
         median, least = statistics.median(times), min(times)
         base = base or (median, least)  # the first page is the trivial one
-        print(f"{path:<42} CPU median {median * 1000:6.2f} ms ({median / base[0]:4.1f} x /hello)"
-              f", least {least * 1000:6.2f} ms ({least / base[1]:4.1f} x)", flush=True)  # fmt: skip
+        print(
+            f"{path:<42} CPU median {median * 1000:6.2f} ms ({median / base[0]:4.1f} x /hello),"
+            f" least {least * 1000:6.2f} ms ({least / base[1]:4.1f} x)",
+            flush=True,
+        )
     for path in args.profile:
         profiler = cProfile.Profile()
         profiler.enable()
