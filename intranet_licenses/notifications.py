@@ -38,7 +38,7 @@ from datetime import datetime
 
 from email_validator import EmailNotValidError, validate_email
 from flask import current_app, has_app_context
-from sqlalchemy import event, func, insert, select, update
+from sqlalchemy import event, func, insert, literal, select, true, update
 from sqlalchemy.orm import Session
 
 from . import audit, licensing, outbox
@@ -524,16 +524,29 @@ def notice_license_state(session, now: datetime) -> bool:
 class PageInfo:
     responsible: str | None
     outbox: outbox.OutboxState
-    open_episodes: list[Episode]
+    #: Rows with ``pool`` and ``opened_at``, one per pool in an exceeded episode.
+    open_episodes: list
 
 
 def page_info(session) -> PageInfo:
     """What the License page shows about notifications."""
-    episodes = session.scalars(
-        select(Episode).where(Episode.open.is_(True)).order_by(Episode.pool)
-    ).all()
+    rows = session.execute(_page_info_statement()).all()
     return PageInfo(
-        responsible=responsible_person(session),
+        responsible=rows[0].responsible or None,
         outbox=outbox.state(session),
-        open_episodes=list(episodes),
+        open_episodes=[row for row in rows if row.pool is not None],
     )
+
+
+@functools.cache
+def _page_info_statement():
+    """The Responsible person and the open episodes (pool, opened_at): one statement, one row
+    per open episode, or one row of NULLs beside the address when none is open."""
+    responsible = select(_settings.c.value).where(_settings.c.name == RESPONSIBLE_PERSON)
+    episodes = select(Episode.pool, Episode.opened_at).where(Episode.open.is_(True)).subquery()
+    return (
+        select(responsible.scalar_subquery().label("responsible"), episodes.c.pool,
+               episodes.c.opened_at)
+        .select_from(select(literal(1).label("one")).subquery().outerjoin(episodes, true()))
+        .order_by(episodes.c.pool)
+    )  # fmt: skip

@@ -185,9 +185,20 @@ def figures(session, now: datetime, current=None) -> list[PoolFigures]:
     The counters, the waiting counts (index-only, ``ix_licenses_profile_waiting``) and, unless
     ``current`` (a ``licensing.Current`` already read) is given, the license in force.
     """
-    row = session.execute(_figures_statement(current is None)).one()._mapping
     if current is None:
-        current = licensing.current_from(row, now.date())
+        return license_and_figures(session, now)[1]
+    row = session.execute(_figures_statement(False)).one()._mapping
+    return _pool_figures(row, current)
+
+
+def license_and_figures(session, now: datetime):
+    """(the license in force as ``licensing.Current``, ``figures``), in one statement."""
+    row = session.execute(_figures_statement(True)).one()._mapping
+    current = licensing.current_from(row, now.date())
+    return current, _pool_figures(row, current)
+
+
+def _pool_figures(row, current) -> list[PoolFigures]:
     limit = licensing.limits_of(current.status)
     return [PoolFigures(p, row[f"used_{p}"] or 0, limit[p], row[f"waiting_{p}"]) for p in POOLS]
 

@@ -101,20 +101,21 @@ def _render_license(responsible_form=None, responsible_problem=None, status: int
     """The License page; after a refused address, with what was typed and why."""
     session = _session()
     now = utcnow()
-    current = licensing.current(session, now.date())
+    current, figures = seats.license_and_figures(session, now)
+    confirm = ConfirmForm()  # only a CSRF token: one form for every button that needs one
     return render_template(
         "licenses/license.html",
         current=current,
         sentence=licensing.validity_sentence(current),
-        figures=seats.figures(session, now, current),
+        figures=figures,
         form=InstallLicenseForm(),
         fetch_url=config("FETCH_URL"),
-        fetch_form=ConfirmForm(),
+        fetch_form=confirm,
         notify=notifications.page_info(session),
         responsible_form=responsible_form or ResponsiblePersonForm(formdata=None),
         responsible_problem=responsible_problem,
         license_requests=license_requests.history(session),
-        request_action_form=ConfirmForm(),
+        request_action_form=confirm,
     ), status
 
 
