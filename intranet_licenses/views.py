@@ -102,17 +102,19 @@ def _render_license(responsible_form=None, responsible_problem=None, status: int
     session = _session()
     now = utcnow()
     current, figures = seats.license_and_figures(session, now)
-    confirm = ConfirmForm()  # only a CSRF token: one form for every button that needs one
+    # The page's forms are written out in the templates with the names of InstallLicenseForm
+    # and ResponsiblePersonForm (building and rendering them field by field took a fifth of
+    # the page's time); one CSRF-only form gives every form its token.
+    confirm = ConfirmForm()
     return render_template(
         "licenses/license.html",
         current=current,
         sentence=licensing.validity_sentence(current),
         figures=figures,
-        form=InstallLicenseForm(),
         fetch_url=config("FETCH_URL"),
         fetch_form=confirm,
         notify=notifications.page_info(session),
-        responsible_form=responsible_form or ResponsiblePersonForm(formdata=None),
+        responsible_form=responsible_form,
         responsible_problem=responsible_problem,
         license_requests=license_requests.history(session),
         request_action_form=confirm,
