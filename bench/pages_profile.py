@@ -3,15 +3,19 @@
 Not a test and not run by ``make test``. Run from the project folder:
 
     .venv/bin/python bench/pages_profile.py [--size 100000] [--folder DIR] [--requests 200]
+        [--url postgresql+psycopg://postgres@127.0.0.1:5432/licenses_bench_pages]
         [--profile PATH ...] [--top 25]
 
-It builds (or reuses) the benchmark database of ``--size`` profiles (``bench/profiles.py``),
-makes the demo app on it (CSRF on, as in production), signs in as the administrator through
-the Flask test client, and for each page prints the median time of one request over
-``--requests`` requests, in CPU time of this thread (other jobs on the machine change the
-wall-clock times a lot, the CPU time much less). ``--profile PATH`` (repeatable, e.g. ``/hello`` or
-``/admin/licenses/people``) also prints the ``--top`` functions by own and cumulative time
-(cProfile) for those pages. No server, no network: a page's own Python, per request.
+It builds (or reuses) the benchmark database of ``--size`` profiles in ``--folder``
+(``bench/profiles.py``), or uses ``--url``, a database ``pages_bench.py --postgres`` built
+(pass that run's ``--folder`` too, for its instance folder). It makes the demo app on it
+(CSRF on, as in production), signs the Flask test client in as the administrator (the
+session's user id), and for each page prints the median and the least time of one request
+over ``--requests`` requests, in CPU time of this thread: other jobs on the machine change
+wall-clock times a lot and CPU time much less, and the least is the least disturbed. (On
+PostgreSQL the server's own CPU is not in it.) ``--profile PATH`` (repeatable, e.g.
+``/hello`` or ``/admin/licenses/people``) also prints the ``--top`` functions by own and
+cumulative time (cProfile) for those pages. No server, no network: a page's own Python.
 """
 
 from __future__ import annotations
@@ -35,13 +39,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=100_000)
     parser.add_argument("--folder", default=None, help="Scratch folder (default: a new one)")
+    parser.add_argument(
+        "--url", help="An existing benchmark database instead (e.g. pages_bench's PostgreSQL one)"
+    )
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--profile", action="append", default=[], help="A page to profile")
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args()
     folder = Path(args.folder or tempfile.mkdtemp(prefix="pages-profile-"))
     folder.mkdir(parents=True, exist_ok=True)
-    url = f"sqlite:///{build_sqlite(folder, args.size)}"
+    url = args.url or f"sqlite:///{build_sqlite(folder, args.size)}"
     sys.path.insert(0, str(ROOT))
     import wsgi
 
