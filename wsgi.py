@@ -98,8 +98,12 @@ class DemoUsers(UserAdapter):
         session.clear()
 
     def summary_lines(self) -> list[str]:
-        documents = db.session.scalar(select(func.count()).select_from(Document))
-        versions = db.session.scalar(select(func.count()).select_from(DocumentVersion))
+        documents, versions = db.session.execute(
+            select(
+                select(func.count()).select_from(Document).scalar_subquery(),
+                select(func.count()).select_from(DocumentVersion).scalar_subquery(),
+            )
+        ).one()
         return [f"Number of Documents {documents} ({versions} including versions)"]
 
 

@@ -37,7 +37,7 @@ DEFAULTS: dict[str, Any] = {
     # Endpoints the per-request check leaves alone (login, logout, static files).
     "LICENSES_OPEN_ENDPOINTS": ["static", "licenses.static"],
     # People per page on the People page.
-    "LICENSES_PAGE_SIZE": 50,
+    "LICENSES_PAGE_SIZE": 25,
     # Largest CSV upload in bytes.
     "LICENSES_MAX_UPLOAD_BYTES": 20 * 1024 * 1024,
     # Largest number of seats one license request may ask for.

@@ -62,43 +62,43 @@ def check_text(text: str | None, today: date) -> Status:
     return _evaluate(text, _config_keys(), config("SITE_NAME"), today)
 
 
-def newest():
-    """The newest installed license's text and installed_at, as a subquery (the one in force).
+def latest(column):
+    """A scalar subquery: ``column`` of the license in force (the newest installed row).
 
-    For a statement that reads the license beside other figures in one round trip (the
-    seat service reads it with the counters); judge the row with :func:`current_of`.
+    For reading the license in the same statement as other figures (one round trip): the
+    text read each time is the cache key of its verification (``check_text``), so every
+    process sees a newly installed license at its next request, with nothing to invalidate.
     """
+    return select(column).order_by(InstalledLicense.id.desc()).limit(1).scalar_subquery()
+
+
+def current_columns() -> tuple:
+    """The columns ``current_from`` needs, to add to another select."""
     return (
-        select(InstalledLicense.text, InstalledLicense.installed_at)
-        .order_by(InstalledLicense.id.desc())
-        .limit(1)
-        .subquery("newest_license")
+        latest(InstalledLicense.text).label("license_text"),
+        latest(InstalledLicense.installed_at).label("license_installed_at"),
     )
 
 
-def current_of(text: str | None, installed_at: datetime | None, today: date) -> Current:
-    """The license in force given its row (None, None when none is installed), on ``today``.
-
-    The text is verified and parsed once per process (``check_text`` is cached on the
-    exact text), so a row read on every admission costs a dictionary look-up.
-    """
-    return Current(check_text(text, today), installed_at if text is not None else None)
+def current_from(row, today: date) -> Current:
+    """The license in force from a row mapping holding ``current_columns()``."""
+    if row["license_text"] is None:
+        return Current(check_text(None, today), None)
+    return Current(check_text(row["license_text"], today), row["license_installed_at"])
 
 
 def current(session, today: date) -> Current:
     """The license in force and its status on ``today`` (UTC)."""
-    row = session.execute(
-        select(InstalledLicense.text, InstalledLicense.installed_at)
-        .order_by(InstalledLicense.id.desc())
-        .limit(1)
-    ).first()
-    if row is None:
-        return current_of(None, None, today)
-    return current_of(row.text, row.installed_at, today)
+    return current_from(session.execute(select(*current_columns())).one()._mapping, today)
+
+
+def limits(session, today: date) -> dict[str, int | None]:
+    """Seats per pool for admissions: None is Unlimited; every limit is 0 unless valid."""
+    return limits_of(current(session, today).status)
 
 
 def limits_of(status: Status) -> dict[str, int | None]:
-    """Seats per pool for admissions under ``status``: None is Unlimited; 0 unless valid."""
+    """The limits a license status grants: every limit is 0 unless it is valid."""
     if not status.valid:
         return dict.fromkeys(POOLS, 0)
     return {pool: status.license.pool_limit(pool) for pool in POOLS}
@@ -106,14 +106,7 @@ def limits_of(status: Status) -> dict[str, int | None]:
 
 def installed_text(session) -> str | None:
     """The text of the license in force exactly as installed (valid or not), or None."""
-    return session.scalar(
-        select(InstalledLicense.text).order_by(InstalledLicense.id.desc()).limit(1)
-    )
-
-
-def limits(session, today: date) -> dict[str, int | None]:
-    """Seats per pool for admissions: None is Unlimited; every limit is 0 unless valid."""
-    return limits_of(current(session, today).status)
+    return session.scalar(select(latest(InstalledLicense.text)))
 
 
 def install(session, text: str, *, actor: str, now: datetime, path: str) -> Status:

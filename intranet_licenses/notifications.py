@@ -45,13 +45,14 @@ and changed with a conditional UPDATE, so it is told once.
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from email_validator import EmailNotValidError, validate_email
 from flask import current_app, has_app_context
-from sqlalchemy import event, func, insert, select, update
+from sqlalchemy import event, func, insert, literal, select, true, update
 from sqlalchemy.orm import Session
 
 from . import audit, licensing, outbox
@@ -516,17 +517,22 @@ def remember_license_state(session, state: str) -> None:
         setting.value = state
 
 
+@functools.cache
+def _license_state_statement():
+    """The license in force and the state last seen, in one statement (every page asks)."""
+    seen = select(_settings.c.value).where(_settings.c.name == LICENSE_STATE)
+    return select(*licensing.current_columns(), seen.scalar_subquery().label("seen"))
+
+
 def notice_license_state(session, now: datetime) -> bool:
     """Compare the license's state with the last one seen; report a newly invalid license.
 
     Returns True when the state changed (the caller commits). Of several processes that
     notice the same change, one wins the conditional UPDATE and reports it.
     """
-    status = licensing.current(session, now.date()).status
-    conn = session.connection()
-    seen = conn.execute(
-        select(_settings.c.value).where(_settings.c.name == LICENSE_STATE)
-    ).scalar()
+    row = session.execute(_license_state_statement()).one()._mapping
+    status = licensing.current_from(row, now.date()).status
+    seen = row["seen"]
     if seen == status.state:
         return False
     if seen is None:  # the migration made the row; it was removed by hand
@@ -534,11 +540,13 @@ def notice_license_state(session, now: datetime) -> bool:
         session.add(Setting(name=LICENSE_STATE, value=status.state))
     else:
         won = (
-            conn.execute(
+            session.connection()
+            .execute(
                 update(_settings)
                 .where(_settings.c.name == LICENSE_STATE, _settings.c.value == seen)
                 .values(value=status.state)
-            ).rowcount
+            )
+            .rowcount
             == 1
         )
     if not won or status.valid or status.state == "none":
@@ -570,16 +578,29 @@ def notice_license_state(session, now: datetime) -> bool:
 class PageInfo:
     responsible: str | None
     outbox: outbox.OutboxState
-    open_episodes: list[Episode]
+    #: Rows with ``pool`` and ``opened_at``, one per pool in an exceeded episode.
+    open_episodes: list
 
 
 def page_info(session) -> PageInfo:
     """What the License page shows about notifications."""
-    episodes = session.scalars(
-        select(Episode).where(Episode.open.is_(True)).order_by(Episode.pool)
-    ).all()
+    rows = session.execute(_page_info_statement()).all()
     return PageInfo(
-        responsible=responsible_person(session),
+        responsible=rows[0].responsible or None,
         outbox=outbox.state(session),
-        open_episodes=list(episodes),
+        open_episodes=[row for row in rows if row.pool is not None],
     )
+
+
+@functools.cache
+def _page_info_statement():
+    """The Responsible person and the open episodes (pool, opened_at): one statement, one row
+    per open episode, or one row of NULLs beside the address when none is open."""
+    responsible = select(_settings.c.value).where(_settings.c.name == RESPONSIBLE_PERSON)
+    episodes = select(Episode.pool, Episode.opened_at).where(Episode.open.is_(True)).subquery()
+    return (
+        select(responsible.scalar_subquery().label("responsible"), episodes.c.pool,
+               episodes.c.opened_at)
+        .select_from(select(literal(1).label("one")).subquery().outerjoin(episodes, true()))
+        .order_by(episodes.c.pool)
+    )  # fmt: skip

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, literal, or_, select, union_all
+from sqlalchemy import bindparam, func, literal, or_, select, union_all
 
 from .extension import adapter
 from .models import Profile
@@ -42,8 +43,7 @@ class Page:
     prev_before: int | None
 
 
-def _columns():
-    ad = adapter()
+def _columns(ad):
     created = ad.column("created_at")
     last_login = ad.column("last_login_at")
     return [
@@ -64,9 +64,23 @@ def _columns():
     ]
 
 
-def _prefix(column, text: str):
+def _prefix(column, text: str | None = None):
+    """``column`` starts with the search text: a range an index answers, and a LIKE.
+
+    Without ``text``, with the bound parameters ``lo``, ``hi`` and ``like`` (``_search_params``)
+    so that the statement is built once and reused for every search.
+    """
+    if text is None:
+        lo, hi, like = bindparam("lo"), bindparam("hi"), bindparam("like")
+    else:
+        lo, hi, like = _search_params(text).values()
+    return (column >= lo) & (column < hi) & column.like(like, escape="\\")
+
+
+def _search_params(text: str) -> dict[str, str]:
+    """The bound values of a prefix search for ``text`` (already cleaned)."""
     escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return (column >= text) & (column < text + _TOP) & column.like(escaped + "%", escape="\\")
+    return {"lo": text, "hi": text + _TOP, "like": escaped + "%"}
 
 
 #: A search matching fewer profiles than this is answered from the search keys' indexes; a
@@ -94,30 +108,32 @@ def search_filter(text: str):
     return or_(*(_prefix(key, text) for key in _keys()))
 
 
-def narrow_search(session, text: str) -> bool:
-    """True when the search matches fewer than NARROW_SEARCH profiles (index-only counts)."""
-    text = _search_text(text)
+@functools.cache
+def _narrow_statement():
+    limit = bindparam("narrow")
     counts = [
         select(func.count())
-        .select_from(
-            select(Profile.user_id).where(_prefix(key, text)).limit(NARROW_SEARCH).subquery()
-        )
+        .select_from(select(Profile.user_id).where(_prefix(key)).limit(limit).subquery())
         .scalar_subquery()
         for key in _keys()
     ]
-    return sum(session.execute(select(*counts)).one()) < NARROW_SEARCH
+    return select(*counts)
 
 
-def _walk_filter(text: str):
+def narrow_search(session, text: str) -> bool:
+    """True when the search matches fewer than NARROW_SEARCH profiles (index-only counts)."""
+    params = {**_search_params(_search_text(text)), "narrow": NARROW_SEARCH}
+    return sum(session.execute(_narrow_statement(), params).one()) < NARROW_SEARCH
+
+
+def _walk_filter():
     """The search filter in a form no index answers, so the database walks people in id
     order and stops when the page is full (for searches matching many people)."""
-    text = _search_text(text)
-    return or_(*(_prefix(func.coalesce(key, ""), text) for key in _keys()))
+    return or_(*(_prefix(func.coalesce(key, "")) for key in _keys()))
 
 
-def _matching_ids(text: str):
-    text = _search_text(text)
-    return union_all(*(select(Profile.user_id).where(_prefix(key, text)) for key in _keys()))
+def _matching_ids():
+    return union_all(*(select(Profile.user_id).where(_prefix(key)) for key in _keys()))
 
 
 def filtered(*, search=None, state=None, area=None, pool=None, reason=None, narrow=None):
@@ -126,50 +142,96 @@ def filtered(*, search=None, state=None, area=None, pool=None, reason=None, narr
     ``narrow`` (from ``narrow_search``) chooses how a search is answered; the people found
     are the same either way.
     """
-    ad = adapter()
+    query = _filtered(
+        adapter(),
+        "any" if search and narrow is None else "narrow" if search and narrow else
+        "walk" if search else None,
+        state, bool(area), bool(pool), bool(reason),
+    )  # fmt: skip
+    return query.params(**_filter_params(search, area, pool, reason))
+
+
+def _filter_params(search, area, pool, reason) -> dict:
+    params = {"area": area, "pool": pool, "reason": reason}
+    if search:
+        params.update(_search_params(_search_text(search)))
+    return params
+
+
+@functools.lru_cache(maxsize=256)
+def _filtered(ad, search: str | None, state, area: bool, pool: bool, reason: bool):
+    """The select for one combination of filters, with the values as bound parameters.
+
+    Built once per combination (and adapter) and reused: building the expression took
+    longer than running it (1.5 ms a page).
+    """
     id_col = ad.column("id")
-    query = select(*_columns()).join_from(ad.model, Profile, Profile.user_id == id_col)
-    if search and narrow is None:
-        query = query.where(search_filter(search))
-    elif search and narrow:
-        query = query.where(id_col.in_(_matching_ids(search)))
-    elif search:
-        query = query.where(_walk_filter(search))
+    query = select(*_columns(ad)).join_from(ad.model, Profile, Profile.user_id == id_col)
+    if search == "any":
+        query = query.where(or_(*(_prefix(key) for key in _keys())))
+    elif search == "narrow":
+        query = query.where(id_col.in_(_matching_ids()))
+    elif search == "walk":
+        query = query.where(_walk_filter())
     if state == "active":
         query = query.where(ad.column("active").is_(True))
     elif state == "blocked":
         query = query.where(ad.column("active").is_(False))
     if area:
-        query = query.where(Profile.area == area)
+        query = query.where(Profile.area == bindparam("area"))
     if pool:
-        query = query.where(Profile.pool == pool)
+        query = query.where(Profile.pool == bindparam("pool"))
     if reason:
-        query = query.where(Profile.block_reason == reason)
+        query = query.where(Profile.block_reason == bindparam("reason"))
     return query
+
+
+@functools.lru_cache(maxsize=256)
+def _page_statement(ad, shape: tuple, direction: str | None):
+    """``_filtered`` for ``shape``, after or before the ``cursor``, ``size`` + 1 rows."""
+    id_col = ad.column("id")
+    query = _filtered(ad, *shape)
+    if direction == "before":
+        return (
+            query.where(id_col < bindparam("cursor"))
+            .order_by(id_col.desc())
+            .limit(bindparam("size"))
+        )
+    if direction == "after":
+        query = query.where(id_col > bindparam("cursor"))
+    return query.order_by(id_col).limit(bindparam("size"))
 
 
 def page(session, *, after=None, before=None, size=50, **filters) -> Page:
     """One page of people ordered by id, after or before a keyset cursor."""
-    id_col = adapter().column("id")
-    if filters.get("search"):
-        filters["narrow"] = narrow_search(session, filters["search"])
-    query = filtered(**filters)
+    ad = adapter()
+    search = filters.get("search")
+    mode = None
+    if search:
+        mode = "narrow" if narrow_search(session, search) else "walk"
+    shape = (
+        mode,
+        filters.get("state"),
+        *(bool(filters.get(k)) for k in ("area", "pool", "reason")),
+    )
+    params = _filter_params(
+        search, filters.get("area"), filters.get("pool"), filters.get("reason")
+    )
+    params["size"] = size + 1
     if before is not None:
-        rows = session.execute(
-            query.where(id_col < before).order_by(id_col.desc()).limit(size + 1)
-        ).all()
+        statement = _page_statement(ad, shape, "before")
+        rows = session.execute(statement, {**params, "cursor": before}).all()
         more_before = len(rows) > size
         rows = list(reversed(rows[:size]))
-        people = [PersonRow(**row._mapping) for row in rows]
+        people = [PersonRow(*row) for row in rows]
         return Page(
             people,
             next_after=people[-1].id if people else None,
             prev_before=people[0].id if people and more_before else None,
         )
-    if after is not None:
-        query = query.where(id_col > after)
-    rows = session.execute(query.order_by(id_col).limit(size + 1)).all()
-    people = [PersonRow(**row._mapping) for row in rows[:size]]
+    statement = _page_statement(ad, shape, "after" if after is not None else None)
+    rows = session.execute(statement, {**params, "cursor": after}).all()
+    people = [PersonRow(*row) for row in rows[:size]]
     return Page(
         people,
         next_after=people[-1].id if len(rows) > size else None,

@@ -55,6 +55,7 @@ no seat is never refused).
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
@@ -73,7 +74,6 @@ from sqlalchemy import (
     inspect,
     or_,
     select,
-    true,
     update,
 )
 from sqlalchemy import inspect as sa_inspect
@@ -214,12 +214,46 @@ class PoolFigures:
         return self.limit is not None and self.used > self.limit
 
 
-def figures(session, now: datetime) -> list[PoolFigures]:
-    """Used, limit, free and waiting for every pool."""
-    used = usage(session)
-    limit = licensing.limits(session, now.date())
-    wait = waiting(session)
-    return [PoolFigures(p, used[p], limit[p], wait[p]) for p in POOLS]
+@functools.cache
+def _figures_statement(with_license: bool):
+    """The counters and waiting counts of every pool (and the license in force), one row."""
+    columns = []
+    for pool in POOLS:
+        used = select(SeatCounter.used).where(SeatCounter.pool == pool)
+        columns.append(used.scalar_subquery().label(f"used_{pool}"))
+        waiting_here = (
+            select(func.count())
+            .select_from(Profile)
+            .where(Profile.block_reason == AWAITING_LICENSE, Profile.pool == pool)
+        )
+        columns.append(waiting_here.scalar_subquery().label(f"waiting_{pool}"))
+    if with_license:
+        columns.extend(licensing.current_columns())
+    return select(*columns)
+
+
+def figures(session, now: datetime, current=None) -> list[PoolFigures]:
+    """Used, limit, free and waiting for every pool, in one statement.
+
+    The counters, the waiting counts (index-only, ``ix_licenses_profile_waiting``) and, unless
+    ``current`` (a ``licensing.Current`` already read) is given, the license in force.
+    """
+    if current is None:
+        return license_and_figures(session, now)[1]
+    row = session.execute(_figures_statement(False)).one()._mapping
+    return _pool_figures(row, current)
+
+
+def license_and_figures(session, now: datetime):
+    """(the license in force as ``licensing.Current``, ``figures``), in one statement."""
+    row = session.execute(_figures_statement(True)).one()._mapping
+    current = licensing.current_from(row, now.date())
+    return current, _pool_figures(row, current)
+
+
+def _pool_figures(row, current) -> list[PoolFigures]:
+    limit = licensing.limits_of(current.status)
+    return [PoolFigures(p, row[f"used_{p}"] or 0, limit[p], row[f"waiting_{p}"]) for p in POOLS]
 
 
 def summary_sentence(figures: list[PoolFigures]) -> str:
@@ -269,16 +303,12 @@ class _Reading:
     episode_open: bool | None
 
 
-_newest = licensing.newest()
 _READ_ALL = select(
     _counters.c.pool,
     _counters.c.used,
     _episodes.c.open,
-    _newest.c.text,
-    _newest.c.installed_at,
-).select_from(
-    _counters.outerjoin(_episodes, _episodes.c.pool == _counters.c.pool).outerjoin(_newest, true())
-)
+    *licensing.current_columns(),
+).select_from(_counters.outerjoin(_episodes, _episodes.c.pool == _counters.c.pool))
 _READ_POOLS = _READ_ALL.where(_counters.c.pool.in_(bindparam("pools", expanding=True)))
 #: One pool, and whether a username key is taken (add_person's first statement).
 _READ_POOL_AND_USERNAME = _READ_ALL.where(_counters.c.pool == bindparam("pool")).add_columns(
@@ -323,7 +353,7 @@ def _read_pools(session, conn, pools: list[str], today, *, username_key=None):
     """The pools' counters, their episodes and the license in force, in one statement.
 
     One round trip instead of three: the license row comes with the counters (its text is
-    verified and parsed once per process, see ``licensing.current_of``), and the episode
+    verified and parsed once per process, see ``licensing.latest``), and the episode
     flag tells a refusal whether the Responsible person has been told already. With
     ``username_key`` it also says who has that username key: returns (read, user id or
     None, or ``...`` when it could not be read).
@@ -337,7 +367,7 @@ def _read_pools(session, conn, pools: list[str], today, *, username_key=None):
         read = _PoolsRead(tuple(pools), {}, licensing.current(session, today))
         return read, ...
     readings = {row.pool: _Reading(row.used, row.open) for row in rows}
-    current = licensing.current_of(rows[0].text, rows[0].installed_at, today)
+    current = licensing.current_from(rows[0]._mapping, today)
     return _PoolsRead(tuple(pools), readings, current), rows[0].taken if username_key else ...
 
 

@@ -101,20 +101,23 @@ def _render_license(responsible_form=None, responsible_problem=None, status: int
     """The License page; after a refused address, with what was typed and why."""
     session = _session()
     now = utcnow()
-    current = licensing.current(session, now.date())
+    current, figures = seats.license_and_figures(session, now)
+    # The page's forms are written out in the templates with the names of InstallLicenseForm
+    # and ResponsiblePersonForm (building and rendering them field by field took a fifth of
+    # the page's time); one CSRF-only form gives every form its token.
+    confirm = ConfirmForm()
     return render_template(
         "licenses/license.html",
         current=current,
         sentence=licensing.validity_sentence(current),
-        figures=seats.figures(session, now),
-        form=InstallLicenseForm(),
+        figures=figures,
         fetch_url=config("FETCH_URL"),
-        fetch_form=ConfirmForm(),
+        fetch_form=confirm,
         notify=notifications.page_info(session),
-        responsible_form=responsible_form or ResponsiblePersonForm(formdata=None),
+        responsible_form=responsible_form,
         responsible_problem=responsible_problem,
         license_requests=license_requests.history(session),
-        request_action_form=ConfirmForm(),
+        request_action_form=confirm,
     ), status
 
 
@@ -224,9 +227,6 @@ def _render_people(add_form=None, add_problem=None, status: int = 200):
         size=config("PAGE_SIZE"),
         **filters,
     )
-    if add_form is None:
-        add_form = AddPersonForm(formdata=None)
-        add_form.area.choices = _area_choices()
     return render_template(
         "licenses/people.html",
         listing=listing,
@@ -243,15 +243,19 @@ def _render_people(add_form=None, add_problem=None, status: int = 200):
 
 
 def _back_to_people():
-    """Back to the People page the form came from (only a path under this blueprint, with no
-    control character: a line break in a Location header is a 500 after the commit)."""
-    target = request.form.get("next", "")
+    """Back to the People page the form came from (only a path under this blueprint)."""
+    return redirect(_back_to_people_target(request.form.get("next", "")))
+
+
+def _back_to_people_target(target: str) -> str:
+    """``target`` when it is a path under the People page with no control character (a line
+    break in a Location header is a 500 after the commit), else the People page itself."""
     people = url_for(".people_page")
     parts = urlsplit(target)
     unsafe = "\\" in target or not target.isprintable()
     if parts.scheme or parts.netloc or not target.startswith(people) or unsafe:
         target = people
-    return redirect(target)
+    return target
 
 
 def _run(action, success: str):
@@ -352,11 +356,30 @@ def unblock_person(user_id: int):
     return _person_action(user_id, seats.unblock, "{name} is active again.")
 
 
-@bp.post("/people/<int:user_id>/move")
+@bp.route("/people/<int:user_id>/move", methods=["GET", "POST"])
 @role_required(PEOPLE_ADMIN)
 def move_person(user_id: int):
+    """GET: the person's own Move page (area, read-only); POST: the move."""
     form = MoveForm()
     form.area.choices = _area_choices()
+    if request.method == "GET":
+        session = _session()
+        try:
+            user = seats.get_person(session, user_id)
+            profile = seats.profile_of(session, user)
+        except seats.PersonError as problem:
+            flash(str(problem), "error")
+            return redirect(url_for(".people_page"))
+        form.area.data = profile.area
+        form.readonly.data = profile.readonly
+        return render_template(
+            "licenses/move.html",
+            user_id=user_id,
+            username=adapter().get(user, "username"),
+            profile=profile,
+            form=form,
+            next_url=_back_to_people_target(request.args.get("next", "")),
+        )
     if not form.validate_on_submit():
         flash("The move was not made: choose an area.", "error")
         return _back_to_people()

@@ -232,6 +232,20 @@ def test_people_search_filter_block_unblock_delete_add_activate(live, page):
     assert "new.colleague was added and is active." in flash_text(page)
 
 
+def test_moving_a_person_from_their_own_move_page(live, page):
+    log_in(page, live, "peopleadmin")
+    page.goto(f"{live.url}/admin/licenses/people?q=jennifer")
+    page.get_by_role("link", name="Move jennifer").click()
+    expect(page.get_by_role("heading", name="Move jennifer")).to_be_visible()
+    assert axe_findings(page) == []
+    expect(page.get_by_label("Area")).to_have_value("primary")
+    page.get_by_label("Area").select_option("partners")
+    page.get_by_role("button", name="Move jennifer").click()
+    assert "jennifer was moved." in flash_text(page)
+    assert page.url.endswith("/admin/licenses/people?q=jennifer")
+    assert person_state(live.app, "jennifer")[:3] == (True, "partners", "extranet")
+
+
 def test_a_waiting_user_sees_why_at_login(live, page):
     with live.app.app_context():
         from intranet_licenses.models import Profile

@@ -382,3 +382,25 @@ def test_a_second_trusted_key_verifies(app, client, sysadmin, tmp_path):
         client.post("/admin/licenses/install", data={"license_text": text}, follow_redirects=True)
     )
     assert "3 of 33 in use" in page
+
+
+def test_every_form_on_the_page_carries_a_token_that_is_accepted(app, client, sysadmin):
+    """The License page's forms are written out in the template (not rendered by WTForms):
+    with CSRF on, each carries the token, and a form sent with it is accepted."""
+    app.config["WTF_CSRF_ENABLED"] = True
+    page = client.get("/admin/licenses/").get_data(as_text=True)
+    forms = re.findall(r'<form method="post" action="/admin/licenses/.*?</form>', page, re.S)
+    assert len(forms) == 2  # the Responsible person, the install (no fetch URL set)
+    tokens = {re.search(r'name="csrf_token" value="([^"]+)"', form).group(1) for form in forms}
+    assert len(tokens) == 1
+    assert '<label for="email">Email address of the Responsible person</label>' in page
+    assert '<label for="license_text">Or paste the license text</label>' in page
+    saved = client.post(
+        "/admin/licenses/responsible-person",
+        data={"csrf_token": tokens.pop(), "email": "it-licenses@example.com"},
+        follow_redirects=True,
+    )
+    assert "it-licenses@example.com" in text_of(saved) and "Done:" in text_of(saved)
+    refused = client.post("/admin/licenses/responsible-person", data={"email": "x@example.com"})
+    assert refused.status_code == 302  # no token: refused, nothing changed
+    assert "x@example.com" not in text_of(client.get("/admin/licenses/"))

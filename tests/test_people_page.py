@@ -220,6 +220,35 @@ def test_move_into_a_full_pool_is_refused_and_the_person_stays(
     assert person_state(app, "jennifer")[:3] == (True, "primary", "readonly")
 
 
+def test_each_row_links_to_the_persons_move_page_which_moves_and_comes_back(
+    app, client, peopleadmin, install_license
+):
+    """One small form per row (Block or Unblock) and links to Move and Delete pages: a page of
+    people stays cheap to render; the Move page has the area and read-only choice."""
+    install_license()
+    jennifer = user_id(app, "jennifer")
+    listing = client.get(PEOPLE, query_string={"q": "jennifer"}).get_data(as_text=True)
+    row = listing[listing.index("<tbody>") : listing.index("</tbody>")]
+    assert row.count("<form") == 1 and 'aria-label="Block jennifer"' in row
+    move_link = re.search(r'href="([^"]+)" aria-label="Move jennifer">Move…</a>', row).group(1)
+    assert 'aria-label="Delete jennifer">Delete…</a>' in row
+    move_page = client.get(html.unescape(move_link))
+    page = move_page.get_data(as_text=True)
+    assert move_page.status_code == 200 and "<h1>Move jennifer</h1>" in page
+    assert '<label for="area">Area</label>' in page
+    assert '<option selected value="primary">primary</option>' in page
+    assert '<label for="readonly">Read-only</label>' in page
+    back = re.search(r'name="next" value="([^"]+)"', page).group(1)
+    assert html.unescape(back) == f"{PEOPLE}?q=jennifer"
+    done = client.post(
+        f"{PEOPLE}/{jennifer}/move", data={"area": "suppliers", "next": html.unescape(back)}
+    )
+    assert done.status_code == 302 and done.headers["Location"].endswith(f"{PEOPLE}?q=jennifer")
+    assert person_state(app, "jennifer")[:3] == (True, "suppliers", "extranet")
+    gone = text_of(client.get(f"{PEOPLE}/999999/move", follow_redirects=True))
+    assert "There is no person with ID 999999" in gone
+
+
 def test_activate_waiting_from_the_page(app, client, peopleadmin, make_person, install_license):
     make_person("wait1", blocked=AWAITING_LICENSE)
     make_person("wait2", blocked=AWAITING_LICENSE)
