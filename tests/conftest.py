@@ -280,17 +280,23 @@ def postgres_url(postgres_server):
         conn.execute(sa.text(f'drop database if exists "{name}" with (force)'))
 
 
-@pytest.fixture
-def postgres_app(postgres_url, vendor_key, make_license, tmp_path):
-    """The demo app on a fresh PostgreSQL database: init-db run, a license installed."""
+def demo_app_on(database_url: str, vendor_key, license_text: str, instance_path, **config):
+    """The demo app on ``database_url``: ``init-db`` run and ``license_text`` installed."""
     app = wsgi.create_app(
-        app_config(postgres_url, vendor_key), instance_path=str(tmp_path / "pg-instance")
+        app_config(database_url, vendor_key, **config), instance_path=str(instance_path)
     )
     result = app.test_cli_runner().invoke(args=["init-db", "--password", PASSWORD])
     assert result.exit_code == 0, result.output
     with app.app_context():
-        licensing.install(wsgi.db.session, make_license(), actor="test", now=utcnow(), path="test")
+        licensing.install(wsgi.db.session, license_text, actor="test", now=utcnow(), path="test")
         wsgi.db.session.commit()
+    return app
+
+
+@pytest.fixture
+def postgres_app(postgres_url, vendor_key, make_license, tmp_path):
+    """The demo app on a fresh PostgreSQL database: init-db run, a license installed."""
+    app = demo_app_on(postgres_url, vendor_key, make_license(), tmp_path / "pg-instance")
     yield app
     with app.app_context():
         wsgi.db.engine.dispose()

@@ -731,31 +731,12 @@ def test_every_import_route_is_in_the_table(app):
 
 @pytest.fixture
 def pg_app(postgres_url, vendor_key, make_license, tmp_path):
-    """The demo app on the PostgreSQL test database (its tables dropped afterwards)."""
-    from conftest import PASSWORD, app_config
+    """The demo app on a fresh PostgreSQL database (dropped afterwards), 10 intranet seats."""
+    from conftest import demo_app_on
 
-    from intranet_licenses import licensing
-
-    app = wsgi.create_app(
-        app_config(postgres_url, vendor_key), instance_path=str(tmp_path / "instance")
-    )
-    result = app.test_cli_runner().invoke(args=["init-db", "--password", PASSWORD])
-    assert result.exit_code == 0, result.output
-    with app.app_context():
-        licensing.install(
-            wsgi.db.session,
-            make_license(intranet=10),
-            actor="test",
-            now=seats.utcnow(),
-            path="test",
-        )
-        wsgi.db.session.commit()
+    app = demo_app_on(postgres_url, vendor_key, make_license(intranet=10), tmp_path / "instance")
     yield app
     with app.app_context():
-        wsgi.db.session.remove()
-        tables = sa.MetaData()
-        tables.reflect(wsgi.db.engine)
-        tables.drop_all(wsgi.db.engine)
         wsgi.db.engine.dispose()
 
 

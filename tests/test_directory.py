@@ -533,33 +533,13 @@ def test_an_objectguid_becomes_the_canonical_uuid(app, install_license, tree):
 
 @pytest.fixture
 def pg_app(postgres_url, vendor_key, tmp_path, make_license):
-    """The demo app on a PostgreSQL database of its own (dropped afterwards)."""
-    from conftest import PASSWORD, app_config
+    """The demo app on a fresh PostgreSQL database (dropped afterwards), 10 intranet seats."""
+    from conftest import demo_app_on
 
-    from intranet_licenses import licensing
-
-    admin_engine = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    name = f"licenses_dir_{uuid.uuid4().hex[:10]}"
-    with admin_engine.connect() as conn:
-        conn.execute(sa.text(f'create database "{name}"'))
-    url = sa.engine.make_url(postgres_url).set(database=name)
-    app = wsgi.create_app(
-        app_config(url.render_as_string(hide_password=False), vendor_key),
-        instance_path=str(tmp_path / "instance"),
-    )
-    result = app.test_cli_runner().invoke(args=["init-db", "--password", PASSWORD])
-    assert result.exit_code == 0, result.output
-    with app.app_context():
-        licensing.install(
-            wsgi.db.session, make_license(intranet=10), actor="test", now=utcnow(), path="test"
-        )
-        wsgi.db.session.commit()
+    app = demo_app_on(postgres_url, vendor_key, make_license(intranet=10), tmp_path / "instance")
     yield app
     with app.app_context():
         wsgi.db.engine.dispose()
-    with admin_engine.connect() as conn:
-        conn.execute(sa.text(f'drop database if exists "{name}" with (force)'))
-    admin_engine.dispose()
 
 
 @pytest.mark.postgres

@@ -9,10 +9,10 @@ from datetime import datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
-from conftest import PASSWORD, app_config
+from conftest import demo_app_on
 
 import wsgi
-from intranet_licenses import licensing, notifications, outbox, seats
+from intranet_licenses import notifications, outbox, seats
 from intranet_licenses.models import AuditEvent, Episode, OutboxMessage, utcnow
 
 ADDRESS = "it-licenses@example.com"
@@ -673,22 +673,10 @@ def test_two_processes_on_sqlite_send_one(mail_app, smtp_server, install_license
 @pytest.fixture
 def pg_app(postgres_url, vendor_key, make_license, smtp_server, tmp_path):
     """The demo on a fresh PostgreSQL database, mailing to ``smtp_server``."""
-    engine = sa.create_engine(postgres_url)
-    with engine.begin() as conn:
-        conn.execute(sa.text("drop schema public cascade"))
-        conn.execute(sa.text("create schema public"))
-    engine.dispose()
-    app = wsgi.create_app(
-        app_config(postgres_url, vendor_key, **smtp_server.config()),
-        instance_path=str(tmp_path / "instance"),
-    )
-    result = app.test_cli_runner().invoke(args=["init-db", "--password", PASSWORD])
-    assert result.exit_code == 0, result.output
-    with app.app_context():
-        licensing.install(
-            wsgi.db.session, make_license(intranet=2), actor="t", now=utcnow(), path="test"
-        )
-        wsgi.db.session.commit()
+    app = demo_app_on(
+        postgres_url, vendor_key, make_license(intranet=2), tmp_path / "instance",
+        **smtp_server.config(),
+    )  # fmt: skip
     yield app
     with app.app_context():
         wsgi.db.engine.dispose()
