@@ -697,6 +697,43 @@ def find_person(session, username: str):
     return user
 
 
+def _locked_profile(session, user) -> Profile:
+    """Lock the person's profile row, then re-read the person and the profile as committed.
+
+    Two requests may act on one person at once (a double click, two administrators, a
+    move racing an unblock). Each loaded the person before the other committed; deciding
+    from that (is the person active? in which pool?) would move counters for a state that
+    is gone, or write one request's area over the other's read-only flag. Touching the row
+    first takes its lock (PostgreSQL: a row lock, the other waits for our commit; SQLite:
+    the database's write lock), so what is read next is the other request's committed
+    result. The profile row is locked before any counter, as every flush here locks them.
+    """
+    ad = adapter()
+    if inspect(user).modified:
+        session.flush()  # the caller's pending changes first, so the re-read below keeps them
+    user_id = ad.get(user, "id")
+    table = Profile.__table__
+    touched = (
+        session.connection()
+        .execute(
+            update(table).where(table.c.user_id == user_id).values(seat_pool=table.c.seat_pool)
+        )
+        .rowcount
+    )
+    if touched == 0:
+        exists = session.execute(select(ad.column("id")).where(ad.column("id") == user_id))
+        if exists.first() is None:
+            username = ad.get(user, "username")
+            session.expunge(user)
+            raise PersonError(
+                f"{username} no longer exists: someone deleted them a moment ago. "
+                "Nothing was changed."
+            )
+        return profile_of(session, user)  # says to run recount first
+    session.refresh(user)
+    return session.get(Profile, user_id, populate_existing=True)
+
+
 def get_person(session, user_id: int):
     user = session.get(adapter().model, user_id) if 0 < user_id < 2**31 else None
     if user is None:
@@ -951,7 +988,7 @@ def add_person(
 def block(session, user, *, reason: str = BLOCKED_BY_ADMIN, actor: str, now: datetime, path):
     """Block a person (frees their seat at once). ``reason`` is one of BLOCK_REASONS."""
     ad = adapter()
-    profile = profile_of(session, user)
+    profile = _locked_profile(session, user)
     username = ad.get(user, "username")
     if profile.exempt:
         refusal = PersonError("The administrator account cannot be blocked.")
@@ -981,7 +1018,7 @@ def block(session, user, *, reason: str = BLOCKED_BY_ADMIN, actor: str, now: dat
 def unblock(session, user, *, actor: str, now: datetime, path: str, action: str = "unblock"):
     """Make a blocked person active again if their pool has a free seat."""
     ad = adapter()
-    profile = profile_of(session, user)
+    profile = _locked_profile(session, user)
     username = ad.get(user, "username")
     if ad.get(user, "active"):
         return
@@ -1004,7 +1041,7 @@ def unblock(session, user, *, actor: str, now: datetime, path: str, action: str 
 def delete(session, user, *, actor: str, now: datetime, path: str) -> None:
     """Delete a person for good (frees their seat)."""
     ad = adapter()
-    profile = profile_of(session, user)
+    profile = _locked_profile(session, user)
     username = ad.get(user, "username")
     if profile.exempt:
         refusal = PersonError("The administrator account cannot be deleted.")
@@ -1024,7 +1061,7 @@ def delete(session, user, *, actor: str, now: datetime, path: str) -> None:
 def move(session, user, *, area: str, readonly: bool, actor: str, now: datetime, path: str):
     """Move a person to another area or pool; refused (nothing changes) if it is full."""
     ad = adapter()
-    profile = profile_of(session, user)
+    profile = _locked_profile(session, user)
     username = ad.get(user, "username")
     area = check_area(area)
     if (profile.area, profile.readonly) == (area, readonly):

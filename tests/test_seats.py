@@ -417,6 +417,54 @@ def test_acting_on_a_person_deleted_a_moment_ago_is_refused(app, install_license
     assert usage(app) == {"intranet": 1, "extranet": 0, "readonly": 0}
 
 
+def test_a_move_racing_an_unblock_decides_from_the_unblocked_person(app, install_license):
+    install_license(intranet=10, extranet=10, readonly=0)
+    add(app, "racer", area="partners")
+    act(app, seats.block, "racer")
+    with app.app_context():
+        first, second = _two_sessions(app)
+        users = [_loaded(first, "racer"), _loaded(second, "racer")]  # both see them blocked
+        seats.unblock(first, users[0], actor="t", now=utcnow(), path="test")
+        first.commit()
+        first.close()
+        # Moving a blocked person needs no seat; this one is active now, and the read-only
+        # pool has none: refused, and they stay where they are.
+        with pytest.raises(seats.SeatLimitExceeded, match="readonly pool"):
+            seats.move(
+                second, users[1], area="partners", readonly=True, actor="t", now=utcnow(),
+                path="test",
+            )  # fmt: skip
+        second.commit()
+        second.close()
+        findings = seats.recount(wsgi.db.session, actor="t", now=utcnow())
+        wsgi.db.session.rollback()
+    assert findings == []
+    assert usage(app) == {"intranet": 0, "extranet": 1, "readonly": 0}
+    assert person_state(app, "racer")[:3] == (True, "partners", "extranet")
+
+
+def test_a_block_racing_a_move_leaves_no_seat_held(app, install_license):
+    install_license(intranet=10, extranet=10)
+    add(app, "racer")
+    with app.app_context():
+        first, second = _two_sessions(app)
+        users = [_loaded(first, "racer"), _loaded(second, "racer")]
+        seats.move(
+            first, users[0], area="partners", readonly=False, actor="t", now=utcnow(),
+            path="test",
+        )  # fmt: skip
+        first.commit()
+        first.close()
+        seats.block(second, users[1], actor="t", now=utcnow(), path="test")
+        second.commit()
+        second.close()
+        findings = seats.recount(wsgi.db.session, actor="t", now=utcnow())
+        wsgi.db.session.rollback()
+    assert findings == []
+    assert usage(app) == {"intranet": 0, "extranet": 0, "readonly": 0}
+    assert person_state(app, "racer")[:3] == (False, "partners", "extranet")
+
+
 def test_two_moves_of_one_person_to_different_pools_at_once(app, install_license):
     install_license(intranet=10, extranet=10, readonly=10)
     add(app, "mover")
