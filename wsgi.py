@@ -270,7 +270,7 @@ def _routes(app: Flask) -> None:
         session.clear()
         return redirect(url_for("login"))
 
-    @app.get("/documents/<int:document_id>")
+    @app.get("/documents/<int(max=2147483647):document_id>")  # ids past the INTEGER range: 404
     def document(document_id: int):
         if g.user is None:
             return redirect(url_for("login", next=request.full_path))

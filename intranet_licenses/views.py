@@ -6,7 +6,7 @@ import json
 import secrets
 import time
 import uuid
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 from markupsafe import Markup
@@ -253,6 +253,8 @@ def _back_to_people_target(target: str) -> str:
     people = url_for(".people_page")
     parts = urlsplit(target)
     unsafe = "\\" in target or not target.isprintable()
+    # A dot segment ("/people/../../logout", also as %2e%2e) leaves the page in the browser.
+    unsafe = unsafe or bool({".", ".."} & set(unquote(parts.path).split("/")))
     if parts.scheme or parts.netloc or not target.startswith(people) or unsafe:
         target = people
     return target
@@ -381,7 +383,10 @@ def move_person(user_id: int):
             next_url=_back_to_people_target(request.args.get("next", "")),
         )
     if not form.validate_on_submit():
-        flash("The move was not made: choose an area.", "error")
+        if "csrf_token" in form.errors:
+            flash("The form expired; please try again.", "error")
+        else:
+            flash("The move was not made: choose an area.", "error")
         return _back_to_people()
     return _person_action(
         user_id,
@@ -636,13 +641,13 @@ def _request_status(request_id: int, status: str, done: str):
     return redirect(url_for(".license_page", _anchor="requests-heading"))
 
 
-@bp.post("/request/<int:request_id>/cancel")
+@bp.post("/request/<int(max=2147483647):request_id>/cancel")
 @role_required(SYSADMIN)
 def cancel_request(request_id: int):
     return _request_status(request_id, "cancelled", "Request #{id} is cancelled.")
 
 
-@bp.post("/request/<int:request_id>/acknowledge")
+@bp.post("/request/<int(max=2147483647):request_id>/acknowledge")
 @role_required(SYSADMIN)
 def acknowledge_request(request_id: int):
     return _request_status(

@@ -128,3 +128,10 @@ def test_the_hello_page_needs_a_login_and_greets_the_person(demo):
     page = client.get("/hello")
     assert page.status_code == 200
     assert "Hello, Jennifer" in page.get_data(as_text=True)
+
+
+def test_a_document_id_past_the_integer_range_is_not_found(demo):
+    client = demo.test_client()
+    client.post("/login", data={"username": "jennifer", "password": "s3cret pass"})
+    assert client.get("/documents/1").status_code == 200
+    assert client.get("/documents/9223372036854775808").status_code == 404

@@ -339,6 +339,14 @@ def test_a_sysadmin_cancels_an_open_request(req_app, runner, auth, client, accou
     assert "Request #1 is cancelled; only an open request can change." in page_text(response)
 
 
+@pytest.mark.parametrize("request_id", ["2147483648", "9223372036854775808"])
+@pytest.mark.parametrize("action", ["cancel", "acknowledge"])
+def test_an_id_past_the_integer_range_is_not_found(client, auth, accounts, request_id, action):
+    auth.login("sysadmin")
+    response = client.post(f"/admin/licenses/request/{request_id}/{action}")
+    assert response.status_code == 404
+
+
 # Who may ----------------------------------------------------------------------------------------
 
 ROUTES = [

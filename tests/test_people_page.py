@@ -266,6 +266,11 @@ def test_a_forged_post_without_csrf_token_changes_nothing(app, client, peopleadm
     page = text_of(client.post(f"{PEOPLE}/{jennifer}/block", follow_redirects=True))
     assert "The form expired; please try again." in page
     assert person_state(app, "jennifer")[0] is True
+    page = text_of(
+        client.post(f"{PEOPLE}/{jennifer}/move", data={"area": "partners"}, follow_redirects=True)
+    )
+    assert "The form expired; please try again." in page
+    assert person_state(app, "jennifer")[1] == "primary"
 
 
 # The CLI -----------------------------------------------------------------------------
@@ -330,6 +335,9 @@ def test_cli_block_unblock_move_delete_and_activate(app, runner, make_person, in
             "/admin/licenses/people",
         ),  # not a 500 after the commit
         ("/admin/licenses/people?q=a\x00b", "/admin/licenses/people"),
+        ("/admin/licenses/people/../../../logout", "/admin/licenses/people"),
+        ("/admin/licenses/people/%2e%2e/%2E%2E/%2e%2e/logout", "/admin/licenses/people"),
+        ("/admin/licenses/people/./x", "/admin/licenses/people"),
     ],
 )
 def test_the_way_back_only_goes_to_the_people_page(app, client, peopleadmin, target, expected):
@@ -429,3 +437,9 @@ def test_cli_add_refuses_an_invisible_character_in_the_username(app, runner):
     assert result.exit_code == 1, result.output
     assert "U+200B ZERO WIDTH SPACE" in result.output
     assert person_state(app, "zoe\u200b") is None
+
+
+def test_the_move_page_of_the_administrator_account_says_it_takes_no_seat(client, peopleadmin):
+    text = client.get(f"{PEOPLE}/1/move").get_data(as_text=True)
+    assert "never takes a seat, in any pool" in text
+    assert "takes a seat from the" not in text
