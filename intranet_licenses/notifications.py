@@ -76,6 +76,8 @@ TRIGGERS = {
     "waiting": "left waiting for a license",
     "install": "a license was installed that allows fewer seats than are in use",
     "expired": "the license in force is no longer valid",
+    "recount": "a recount found more people active than the license allows "
+    "(written to the database outside the seat service)",
 }
 #: How a path is named in the message.
 PATHS = {

@@ -1218,10 +1218,24 @@ def recount(session, *, actor: str, now: datetime) -> list[str]:
         ).all()
     )
     stored = usage(session)
+    # Only a valid license has limits to be over (without one, every limit reads 0).
+    status = licensing.current(session, now.date()).status
+    limits = licensing.limits_of(status) if status.valid else dict.fromkeys(POOLS)
     for pool in POOLS:
         real = actual.get(pool, 0)
         if stored[pool] != real:
             findings.append(f"The {pool} counter read {stored[pool]}; it now reads {real}.")
+        if stored[pool] < real and limits[pool] is not None and real > limits[pool]:
+            # People were activated behind the seat service's back (raw SQL, bulk updates):
+            # say so, and tell the Responsible person (rule 6), instead of accepting it.
+            over = real - limits[pool]
+            findings.append(
+                f"The {pool} pool is over its limit: {real} people are active for "
+                f"{limits[pool]} seats. Block or delete {over}, or request more licenses."
+            )
+            notifications.exceeded(
+                session, pool=pool, trigger="recount", path="cli", count=over, now=now
+            )
         existing = conn.execute(select(_counters.c.pool).where(_counters.c.pool == pool)).first()
         if existing is None:
             conn.execute(insert(_counters).values(pool=pool, used=real))

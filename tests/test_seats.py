@@ -335,6 +335,33 @@ def test_recount_finds_and_repairs_a_counter_changed_behind_its_back(app, runner
     assert "nothing was repaired" in result.output
 
 
+def test_recount_says_when_people_written_behind_its_back_take_a_pool_over(
+    app, runner, install_license
+):
+    install_license(intranet=2)
+    add(app, "c1")
+    add(app, "c2")
+    act(app, seats.block, "c2")
+    with app.app_context():  # a bulk update the safety net cannot see
+        wsgi.db.session.execute(sa.update(wsgi.User).values(active=True))
+        wsgi.db.session.commit()
+    add(app, "c3")  # the counter still reads 1: admitted
+    result = runner.invoke(args=["licenses", "recount"])
+    assert result.exit_code == 0, result.output
+    assert "The intranet counter read 2; it now reads 3." in result.output
+    assert (
+        "The intranet pool is over its limit: 3 people are active for 2 seats. "
+        "Block or delete 1, or request more licenses."
+    ) in result.output
+    with app.app_context():
+        assert (
+            wsgi.db.session.scalar(
+                sa.select(sa.func.count()).where(AuditEvent.action == "exceeded")
+            )
+            == 1
+        )
+
+
 # Two requests acting on the same person at once ------------------------------------------
 
 
