@@ -1303,6 +1303,27 @@ class NewPerson:
     directory_id: str | None = None
 
 
+def _new_user(person: NewPerson, *, source: str, path: str, now: datetime, **profile):
+    """The host user for ``person``, carrying the profile the listener creates at the flush."""
+    user = adapter().new_user(
+        username=person.username,
+        first_name=person.first_name,
+        surname=person.surname,
+        email=person.email,
+    )
+    info = inspect(user).info
+    info["licenses_path"] = path
+    info["licenses_profile"] = {
+        "area": person.area,
+        "readonly": person.readonly,
+        "source": source,
+        "directory_id": person.directory_id,
+        "created_at": now,
+        **profile,
+    }
+    return user
+
+
 def add_many(
     session,
     people,
@@ -1341,22 +1362,14 @@ def add_many(
             after_batch(done)
 
     for person in people:
-        user = ad.new_user(
-            username=person.username,
-            first_name=person.first_name,
-            surname=person.surname,
-            email=person.email,
+        user = _new_user(
+            person,
+            source=source,
+            path=path,
+            now=now,
+            block_reason=None if person.active else BLOCKED_BY_ADMIN,
         )
         ad.set(user, "active", person.active)
-        info = inspect(user).info
-        info["licenses_path"] = path
-        info["licenses_profile"] = {
-            "area": person.area,
-            "readonly": person.readonly,
-            "source": source,
-            "created_at": now,
-            "block_reason": None if person.active else BLOCKED_BY_ADMIN,
-        }
         pool = pool_for(person.area, person.readonly)
         session.add(user)
         batch.append(user)
@@ -1410,21 +1423,7 @@ def admit_or_wait(
     people = _not_taken(session, people, result)
     batch = []
     for person in people:
-        user = ad.new_user(
-            username=person.username,
-            first_name=person.first_name,
-            surname=person.surname,
-            email=person.email,
-        )
-        info = inspect(user).info
-        info["licenses_path"] = path
-        info["licenses_profile"] = {
-            "area": person.area,
-            "readonly": person.readonly,
-            "source": source,
-            "directory_id": person.directory_id,
-            "created_at": now,
-        }
+        user = _new_user(person, source=source, path=path, now=now)
         session.add(user)
         batch.append((person, user, pool_for(person.area, person.readonly)))
     if not batch:
