@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import functools
-import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import bindparam, func, literal, or_, select, union_all
 
+from . import seats
 from .extension import adapter
 from .models import Profile
 
@@ -98,8 +98,7 @@ def _keys():
 def _search_text(text: str) -> str:
     """What a search looks for: printable characters, lower-cased, in normal form C (as the
     keys are), no longer than a key."""
-    text = "".join(ch for ch in text if ch.isprintable()).strip()
-    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", text).lower())[:255]
+    return seats._key("".join(ch for ch in text if ch.isprintable()))
 
 
 def search_filter(text: str):

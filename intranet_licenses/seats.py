@@ -913,17 +913,9 @@ def add_person(
         # would (the same check, the same reading), without building the user or the flush.
         refusal = _refusal_by_reading(session, read, pool, 1)
     if refusal is None or wait_when_full:
-        user = ad.new_user(**fields)
+        person = NewPerson(**fields, area=area, readonly=readonly, directory_id=directory_id)
+        user = _new_user(person, source=source, path=path, now=now)
         ad.set(user, "active", True)
-        info = inspect(user).info
-        info["licenses_path"] = path
-        info["licenses_profile"] = {
-            "area": area,
-            "readonly": readonly,
-            "source": source,
-            "directory_id": directory_id,
-            "created_at": now,
-        }
     if refusal is None:
         # The admission's audit row is written before the flush takes the seat, so that the
         # counter's row lock is held for the person's two rows and the COMMIT only. If the
@@ -960,7 +952,7 @@ def add_person(
         )
         raise refusal
     ad.set(user, "active", False)
-    info["licenses_profile"].update(block_reason=AWAITING_LICENSE, waiting_since=now)
+    inspect(user).info["licenses_profile"].update(block_reason=AWAITING_LICENSE, waiting_since=now)
     session.add(user)
     _flush(session, now)
     notifications.exceeded(
