@@ -215,8 +215,8 @@ class PoolFigures:
 
 
 @functools.cache
-def _figures_statement(with_license: bool):
-    """The counters and waiting counts of every pool (and the license in force), one row."""
+def _figures_statement():
+    """The counters and waiting counts of every pool and the license in force, one row."""
     columns = []
     for pool in POOLS:
         used = select(SeatCounter.used).where(SeatCounter.pool == pool)
@@ -227,33 +227,22 @@ def _figures_statement(with_license: bool):
             .where(Profile.block_reason == AWAITING_LICENSE, Profile.pool == pool)
         )
         columns.append(waiting_here.scalar_subquery().label(f"waiting_{pool}"))
-    if with_license:
-        columns.extend(licensing.current_columns())
-    return select(*columns)
+    return select(*columns, *licensing.current_columns())
 
 
-def figures(session, now: datetime, current=None) -> list[PoolFigures]:
-    """Used, limit, free and waiting for every pool, in one statement.
-
-    The counters, the waiting counts (index-only, ``ix_licenses_profile_waiting``) and, unless
-    ``current`` (a ``licensing.Current`` already read) is given, the license in force.
-    """
-    if current is None:
-        return license_and_figures(session, now)[1]
-    row = session.execute(_figures_statement(False)).one()._mapping
-    return _pool_figures(row, current)
+def figures(session, now: datetime) -> list[PoolFigures]:
+    """Used, limit, free and waiting for every pool, in one statement (the counters, the
+    waiting counts from ``ix_licenses_profile_waiting``, and the license in force)."""
+    return license_and_figures(session, now)[1]
 
 
 def license_and_figures(session, now: datetime):
     """(the license in force as ``licensing.Current``, ``figures``), in one statement."""
-    row = session.execute(_figures_statement(True)).one()._mapping
+    row = session.execute(_figures_statement()).one()._mapping
     current = licensing.current_from(row, now.date())
-    return current, _pool_figures(row, current)
-
-
-def _pool_figures(row, current) -> list[PoolFigures]:
     limit = licensing.limits_of(current.status)
-    return [PoolFigures(p, row[f"used_{p}"] or 0, limit[p], row[f"waiting_{p}"]) for p in POOLS]
+    pools = [PoolFigures(p, row[f"used_{p}"] or 0, limit[p], row[f"waiting_{p}"]) for p in POOLS]
+    return current, pools
 
 
 def summary_sentence(figures: list[PoolFigures]) -> str:
