@@ -23,6 +23,7 @@ So people who waited longest get freed seats first, and a new person never jumps
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import ssl
@@ -191,7 +192,8 @@ class _Spool:
         if self._reading:  # a read stopped half-way left the position inside the file
             self._file.seek(0, os.SEEK_END)
             self._reading = False
-        self._file.write(json.dumps(_fields(person), ensure_ascii=False).encode() + b"\n")
+        record = json.dumps(dataclasses.astuple(person), ensure_ascii=False)
+        self._file.write(record.encode() + b"\n")
         self._count += 1
 
     def __len__(self) -> int:
@@ -205,11 +207,6 @@ class _Spool:
 
     def close(self) -> None:
         self._file.close()
-
-
-def _fields(person: DirectoryPerson) -> list:
-    return [person.directory_id, person.username, person.first_name, person.surname,
-            person.email, person.disabled, person.area, person.dn]  # fmt: skip
 
 
 @dataclass
