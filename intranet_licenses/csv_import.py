@@ -404,11 +404,6 @@ def _is_header(values: dict[str, str]) -> bool:
     )
 
 
-def _shown(text: str) -> str:
-    """Text for a message: at most 60 characters, each invisible one shown as '?'."""
-    return "".join(ch if ch.isprintable() else "?" for ch in text[:60])
-
-
 def _local_part(address: str) -> str:
     return address.rpartition("@")[0] if "@" in address else address
 
@@ -457,7 +452,7 @@ class _RowChecker:
         if not username:
             problems.append("no username, sign-in name or email address.")
         elif problem := seats.text_problem(
-            f"username '{_shown(username)}'", username, username=True
+            f"username '{seats.shown(username)}'", username, username=True
         ):
             problems.append(problem)
         first, surname = values.get(FIRST, ""), values.get(SURNAME, "")

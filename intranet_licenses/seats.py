@@ -764,6 +764,11 @@ def character_name(ch: str) -> str:
     return f"U+{ord(ch):04X} {name}".rstrip()
 
 
+def shown(text: str) -> str:
+    """Text for a message: at most 60 characters, each one that does not print as '?'."""
+    return "".join(ch if ch.isprintable() else "?" for ch in text[:60])
+
+
 def text_problem(label: str, value: str, *, username: bool = False) -> str | None:
     """Why ``value`` (already stripped) cannot be a person's ``label``, as a clause, or None.
 
@@ -802,8 +807,8 @@ def check_person_fields(username: str, first_name: str, surname: str, email: str
         raise PersonError("A username is required.")
     for label, value in (("username", username), ("first name", first_name),
                          ("surname", surname), ("email", email)):  # fmt: skip
-        shown = "".join(ch if ch.isprintable() else "?" for ch in username[:60])
-        named = f"username '{shown}'" if label == "username" else f"{label} of '{shown}'"
+        name = shown(username)
+        named = f"username '{name}'" if label == "username" else f"{label} of '{name}'"
         problem = text_problem(named, value, username=label == "username")
         if problem:
             raise PersonError(problem[0].upper() + problem[1:])
