@@ -85,9 +85,10 @@ def create_schema(url: str, instance: Path) -> None:
         wsgi.db.engine.dispose()
 
 
-_COUNTERS_SQL = (
+_COUNTERS_SQL = (  # the waiting counts are kept by triggers; set here all the same
     "UPDATE licenses_seat_counter SET used = (SELECT count(*) FROM licenses_profile p "
-    "WHERE p.seat_pool = licenses_seat_counter.pool)"
+    "WHERE p.seat_pool = licenses_seat_counter.pool), waiting = (SELECT count(*) FROM "
+    "licenses_profile p WHERE p.block_reason = 'license' AND p.pool = licenses_seat_counter.pool)"
 )
 
 

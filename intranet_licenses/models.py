@@ -92,12 +92,18 @@ class Profile(Base):
 
 
 class SeatCounter(Base):
-    """Seats in use per pool: read in constant time, and the row admissions lock."""
+    """Seats in use per pool: read in constant time, and the row admissions lock.
+
+    ``waiting`` counts the pool's people awaiting a license (``block_reason`` 'license'). It
+    is kept by database triggers on ``licenses_profile`` (migration ``0006_waiting_counts``),
+    so every writer keeps it right; the seat service only reads it, and ``recount`` checks it.
+    """
 
     __tablename__ = "licenses_seat_counter"
 
     pool: Mapped[str] = mapped_column(String(16), primary_key=True)
     used: Mapped[int] = mapped_column(Integer, default=0)
+    waiting: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class InstalledLicense(Base):

@@ -532,7 +532,7 @@ def notice_license_state(session, now: datetime) -> bool:
     Returns True when the state changed (the caller commits). Of several processes that
     notice the same change, one wins the conditional UPDATE and reports it.
     """
-    row = session.execute(_license_state_statement()).one()._mapping
+    row = session.connection().execute(_license_state_statement()).one()._mapping
     status = licensing.current_from(row, now.date()).status
     seen = row["seen"]
     if seen == status.state:
@@ -586,7 +586,7 @@ class PageInfo:
 
 def page_info(session) -> PageInfo:
     """What the License page shows about notifications."""
-    rows = session.execute(_page_info_statement()).all()
+    rows = session.connection().execute(_page_info_statement()).all()
     return PageInfo(
         responsible=rows[0].responsible or None,
         outbox=outbox.state(session),

@@ -22,6 +22,7 @@ least once, never once per retry of the event.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import smtplib
@@ -32,7 +33,7 @@ from datetime import datetime, timedelta
 
 from flask import after_this_request, current_app, g, has_app_context, has_request_context
 from flask_mail import Connection, Mail, Message
-from sqlalchemy import and_, event, or_, select, update
+from sqlalchemy import and_, event, or_, select, union_all, update
 from sqlalchemy.orm import Session
 
 from .extension import adapter, config
@@ -323,26 +324,35 @@ def _send_one(engine, message_id: int, me: str, timeout: float, report, retry_no
 
 @dataclass(frozen=True)
 class OutboxState:
-    last_sent: OutboxMessage | None
-    waiting: list[OutboxMessage]
-    failed: list[OutboxMessage]
+    """Rows of ``licenses_outbox`` (attributes named as OutboxMessage's), for the page."""
+
+    last_sent: object | None
+    waiting: list
+    failed: list
+
+
+@functools.cache
+def _state_statement(kinds: tuple[str, ...] | None):
+    """The last message sent and the first 50 unsent ones, in one statement built once (the
+    License page runs it on every view; building it cost more than running it)."""
+
+    def of_kinds(statement):
+        return statement.where(_table.c.kind.in_(kinds)) if kinds else statement
+
+    last = of_kinds(select(_table).where(_table.c.sent_at.is_not(None)))
+    last = last.order_by(_table.c.sent_at.desc(), _table.c.id.desc()).limit(1)
+    unsent = of_kinds(select(_table).where(_table.c.sent_at.is_(None)))
+    unsent = unsent.order_by(_table.c.id).limit(50)
+    both = union_all(select(last.subquery()), select(unsent.subquery())).subquery()
+    return select(both).order_by(both.c.sent_at.is_(None), both.c.id)
 
 
 def state(session, *, kinds: tuple[str, ...] | None = None) -> OutboxState:
     """The last message sent, and the unsent ones (waiting: never tried; failed: tried)."""
-    base = select(OutboxMessage)
-    if kinds:
-        base = base.where(OutboxMessage.kind.in_(kinds))
-    last = session.scalars(
-        base.where(OutboxMessage.sent_at.is_not(None))
-        .order_by(OutboxMessage.sent_at.desc(), OutboxMessage.id.desc())
-        .limit(1)
-    ).first()
-    unsent = session.scalars(
-        base.where(OutboxMessage.sent_at.is_(None)).order_by(OutboxMessage.id).limit(50)
-    ).all()
+    rows = session.connection().execute(_state_statement(kinds)).all()
+    unsent = [row for row in rows if row.sent_at is None]
     return OutboxState(
-        last_sent=last,
+        last_sent=next((row for row in rows if row.sent_at is not None), None),
         waiting=[m for m in unsent if not m.attempts],
         failed=[m for m in unsent if m.attempts],
     )

@@ -186,7 +186,14 @@ def usage(session) -> dict[str, int]:
 
 
 def waiting(session) -> dict[str, int]:
-    """People awaiting a license, per pool."""
+    """People awaiting a license, per pool, from the counters (constant time)."""
+    rows = session.execute(select(SeatCounter.pool, SeatCounter.waiting)).all()
+    found = dict(rows)
+    return {pool: found.get(pool, 0) for pool in POOLS}
+
+
+def _counted_waiting(session) -> dict[str, int]:
+    """People awaiting a license, per pool, counted from the profiles (for ``recount``)."""
     rows = session.execute(
         select(Profile.pool, func.count())
         .where(Profile.block_reason == AWAITING_LICENSE)
@@ -219,29 +226,26 @@ def _figures_statement():
     """The counters and waiting counts of every pool and the license in force, one row."""
     columns = []
     for pool in POOLS:
-        used = select(SeatCounter.used).where(SeatCounter.pool == pool)
-        columns.append(used.scalar_subquery().label(f"used_{pool}"))
-        waiting_here = (
-            select(func.count())
-            .select_from(Profile)
-            .where(Profile.block_reason == AWAITING_LICENSE, Profile.pool == pool)
-        )
-        columns.append(waiting_here.scalar_subquery().label(f"waiting_{pool}"))
+        for name in ("used", "waiting"):
+            value = select(_counters.c[name]).where(_counters.c.pool == pool)
+            columns.append(value.scalar_subquery().label(f"{name}_{pool}"))
     return select(*columns, *licensing.current_columns())
 
 
 def figures(session, now: datetime) -> list[PoolFigures]:
-    """Used, limit, free and waiting for every pool, in one statement (the counters, the
-    waiting counts from ``ix_licenses_profile_waiting``, and the license in force)."""
+    """Used, limit, free and waiting for every pool, in one statement (the counter rows
+    and the license in force)."""
     return license_and_figures(session, now)[1]
 
 
 def license_and_figures(session, now: datetime):
     """(the license in force as ``licensing.Current``, ``figures``), in one statement."""
-    row = session.execute(_figures_statement()).one()._mapping
+    row = session.connection().execute(_figures_statement()).one()._mapping
     current = licensing.current_from(row, now.date())
     limit = licensing.limits_of(current.status)
-    pools = [PoolFigures(p, row[f"used_{p}"] or 0, limit[p], row[f"waiting_{p}"]) for p in POOLS]
+    pools = [
+        PoolFigures(p, row[f"used_{p}"] or 0, limit[p], row[f"waiting_{p}"] or 0) for p in POOLS
+    ]
     return current, pools
 
 
@@ -1204,6 +1208,9 @@ def recount(session, *, actor: str, now: datetime) -> list[str]:
         ).all()
     )
     stored = usage(session)
+    # The waiting counts are kept by triggers (migration 0006); a drift means they were
+    # dropped or the table was written with the triggers off (a restore, say).
+    stored_waiting, real_waiting = waiting(session), _counted_waiting(session)
     # Only a valid license has limits to be over (without one, every limit reads 0).
     status = licensing.current(session, now.date()).status
     limits = licensing.limits_of(status) if status.valid else dict.fromkeys(POOLS)
@@ -1222,11 +1229,17 @@ def recount(session, *, actor: str, now: datetime) -> list[str]:
             notifications.exceeded(
                 session, pool=pool, trigger="recount", path="cli", count=over, now=now
             )
+        if stored_waiting[pool] != real_waiting[pool]:
+            findings.append(
+                f"The {pool} count of people waiting for a license read "
+                f"{stored_waiting[pool]}; it now reads {real_waiting[pool]}."
+            )
+        values = {"used": real, "waiting": real_waiting[pool]}
         existing = conn.execute(select(_counters.c.pool).where(_counters.c.pool == pool)).first()
         if existing is None:
-            conn.execute(insert(_counters).values(pool=pool, used=real))
+            conn.execute(insert(_counters).values(pool=pool, **values))
         else:
-            conn.execute(update(_counters).where(_counters.c.pool == pool).values(used=real))
+            conn.execute(update(_counters).where(_counters.c.pool == pool).values(**values))
     notifications.seats_freed(session, POOLS, now)
     audit.record(
         session,
