@@ -167,12 +167,14 @@ def status_command():
     """Print the validity sentence and the users line; exit 0 only when valid."""
     session = _session()
     now = utcnow()
-    if notifications.notice_license_state(session, now):
+    reading = seats.license_and_figures(session, now)
+    if notifications.notice_license_state(
+        session, now, (reading.current, reading.license_state_seen)
+    ):
         session.commit()
-    current = licensing.current(session, now.date())
-    click.echo(licensing.validity_sentence(current))
-    click.echo(seats.summary_sentence(seats.figures(session, now)))
-    sys.exit(0 if current.status.valid else 1)
+    click.echo(licensing.validity_sentence(reading.current))
+    click.echo(seats.summary_sentence(reading.figures))
+    sys.exit(0 if reading.current.status.valid else 1)
 
 
 @licenses_cli.command("show")

@@ -519,22 +519,31 @@ def remember_license_state(session, state: str) -> None:
         setting.value = state
 
 
+def license_state_seen():
+    """The license state last seen, as a column ("seen") to add to another select."""
+    seen = select(_settings.c.value).where(_settings.c.name == LICENSE_STATE)
+    return seen.scalar_subquery().label("seen")
+
+
 @functools.cache
 def _license_state_statement():
     """The license in force and the state last seen, in one statement (every page asks)."""
-    seen = select(_settings.c.value).where(_settings.c.name == LICENSE_STATE)
-    return select(*licensing.current_columns(), seen.scalar_subquery().label("seen"))
+    return select(*licensing.current_columns(), license_state_seen())
 
 
-def notice_license_state(session, now: datetime) -> bool:
+def notice_license_state(session, now: datetime, read=None) -> bool:
     """Compare the license's state with the last one seen; report a newly invalid license.
 
+    ``read``: (the license in force, the state last seen) when the caller has read them
+    already (a page reads them with the seat figures, ``seats.license_and_figures``).
     Returns True when the state changed (the caller commits). Of several processes that
     notice the same change, one wins the conditional UPDATE and reports it.
     """
-    row = session.connection().execute(_license_state_statement()).one()._mapping
-    status = licensing.current_from(row, now.date()).status
-    seen = row["seen"]
+    if read is None:
+        row = session.connection().execute(_license_state_statement()).one()._mapping
+        read = licensing.current_from(row, now.date()), row["seen"]
+    current, seen = read
+    status = current.status
     if seen == status.state:
         return False
     if seen is None:  # the migration made the row; it was removed by hand

@@ -60,6 +60,7 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NamedTuple
 
 from email_validator import EmailNotValidError, validate_email
 from flask import current_app, has_app_context
@@ -223,30 +224,41 @@ class PoolFigures:
 
 @functools.cache
 def _figures_statement():
-    """The counters and waiting counts of every pool and the license in force, one row."""
+    """The counters and waiting counts of every pool, the license in force and the license
+    state last seen (``notifications.notice_license_state``), one row."""
     columns = []
     for pool in POOLS:
         for name in ("used", "waiting"):
             value = select(_counters.c[name]).where(_counters.c.pool == pool)
             columns.append(value.scalar_subquery().label(f"{name}_{pool}"))
-    return select(*columns, *licensing.current_columns())
+    seen = notifications.license_state_seen()
+    return select(*columns, *licensing.current_columns(), seen)
+
+
+class Reading(NamedTuple):
+    """What a page shows of the seats, read in one statement (``license_and_figures``)."""
+
+    current: licensing.Current
+    figures: list[PoolFigures]
+    #: The license state last seen, for ``notifications.notice_license_state``.
+    license_state_seen: str | None
 
 
 def figures(session, now: datetime) -> list[PoolFigures]:
     """Used, limit, free and waiting for every pool, in one statement (the counter rows
     and the license in force)."""
-    return license_and_figures(session, now)[1]
+    return license_and_figures(session, now).figures
 
 
-def license_and_figures(session, now: datetime):
-    """(the license in force as ``licensing.Current``, ``figures``), in one statement."""
+def license_and_figures(session, now: datetime) -> Reading:
+    """The license in force, the figures and the license state last seen, in one statement."""
     row = session.connection().execute(_figures_statement()).one()._mapping
     current = licensing.current_from(row, now.date())
     limit = licensing.limits_of(current.status)
     pools = [
         PoolFigures(p, row[f"used_{p}"] or 0, limit[p], row[f"waiting_{p}"] or 0) for p in POOLS
     ]
-    return current, pools
+    return Reading(current, pools, row["seen"])
 
 
 def summary_sentence(figures: list[PoolFigures]) -> str:

@@ -112,7 +112,7 @@ def _render_license(responsible_form=None, responsible_problem=None, status: int
     """The License page; after a refused address, with what was typed and why."""
     session = _session()
     now = utcnow()
-    current, figures = seats.license_and_figures(session, now)
+    current, figures, _ = _reading(session, now)
     # The page's forms are written out in the templates with the names of InstallLicenseForm
     # and ResponsiblePersonForm (building and rendering them field by field took a fifth of
     # the page's time), each with licenses_csrf_field().
@@ -189,7 +189,7 @@ def fetch_license():
 @role_required(SYSADMIN)
 def summary():
     session = _session()
-    figures = seats.figures(session, utcnow())
+    figures = _reading(session, utcnow()).figures
     return render_template(
         "licenses/summary.html",
         users_line=seats.summary_sentence(figures),
@@ -239,7 +239,7 @@ def _render_people(add_form=None, add_problem=None, status: int = 200):
         "licenses/people.html",
         listing=listing,
         filters=filters,
-        figures=seats.figures(session, utcnow()),
+        figures=_reading(session, utcnow()).figures,
         areas=seats.areas(),
         pools=POOLS,
         reasons=BLOCK_REASONS,
@@ -483,14 +483,29 @@ def sync_directory():
 # Notifications: the Responsible person (issue 8) -------------------------------------------
 
 
+#: The pages that show the seat figures: they notice the license state from the statement
+#: that reads the figures (``_reading``), one statement fewer on each of these pages.
+_FIGURE_PAGES = frozenset({"licenses.license_page", "licenses.summary", "licenses.people_page"})
+
+
 @bp.before_request
 def _notice_license_state():
     """An extension page reads the license: notice once if it is no longer valid."""
-    if request.endpoint == "licenses.static":
+    if request.endpoint == "licenses.static" or request.endpoint in _FIGURE_PAGES:
         return
     session = _session()
     if notifications.notice_license_state(session, utcnow()):
         session.commit()
+
+
+def _reading(session, now) -> seats.Reading:
+    """The license, the seat figures and the license state last seen, in one statement;
+    a license no longer valid is noticed from it, as on every other extension page."""
+    reading = seats.license_and_figures(session, now)
+    read = (reading.current, reading.license_state_seen)
+    if notifications.notice_license_state(session, now, read):
+        session.commit()
+    return reading
 
 
 @bp.post("/responsible-person")
