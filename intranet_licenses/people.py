@@ -110,8 +110,11 @@ def search_filter(text: str):
 @functools.cache
 def _narrow_statement():
     """How many index entries the four key ranges hold together, counted up to ``narrow``:
-    the database stops reading the indexes there (one LIMIT over the UNION ALL)."""
-    entries = _matching_ids().limit(bindparam("narrow")).subquery()
+    one LIMIT over their UNION ALL, so the database stops reading there. The keys are read,
+    not the ids, so that each range is an index-only scan on PostgreSQL too (reading the ids,
+    it built a bitmap of all 90,000 entries of a broad search: 8 ms instead of 0.4)."""
+    ranges = [select(key.label("key")).where(_prefix(key)) for key in _keys()]
+    entries = union_all(*ranges).limit(bindparam("narrow")).subquery()
     return select(func.count()).select_from(entries)
 
 
