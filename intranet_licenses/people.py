@@ -212,6 +212,18 @@ def _read(session, statement, params):
     return session.connection().execute(statement, params)
 
 
+def _without_parallel_workers(session) -> None:
+    """On PostgreSQL, no parallel workers for the rest of this transaction (the request).
+
+    The walk's filter is one no index answers, so the planner believes few rows match, and
+    plans a parallel scan to find them: starting the workers took 10 ms, finding the page
+    0.1 ms. SQLite has no such plans.
+    """
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql("SET LOCAL max_parallel_workers_per_gather = 0")
+
+
 def page(session, *, after=None, before=None, size=50, **filters) -> Page:
     """One page of people ordered by id, after or before a keyset cursor."""
     ad = adapter()
@@ -219,6 +231,8 @@ def page(session, *, after=None, before=None, size=50, **filters) -> Page:
     mode = None
     if search:
         mode = "narrow" if narrow_search(session, search) else "walk"
+    if mode == "walk":
+        _without_parallel_workers(session)
     shape = (
         mode,
         filters.get("state"),
