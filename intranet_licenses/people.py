@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from datetime import datetime
 
-from sqlalchemy import bindparam, func, literal, or_, select, union_all
+from sqlalchemy import bindparam, func, or_, select, union_all
 
 from . import seats
 from .extension import adapter
@@ -19,6 +18,8 @@ _TOP = "\U0010ffff"
 
 @dataclass(frozen=True)
 class PersonRow:
+    """What a row of the People page shows (no more: every column is converted per row)."""
+
     id: int
     username: str
     first_name: str
@@ -27,12 +28,8 @@ class PersonRow:
     active: bool
     area: str
     pool: str
-    readonly: bool
     block_reason: str | None
-    source: str
     exempt: bool
-    created_at: datetime | None
-    last_login_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -44,8 +41,6 @@ class Page:
 
 
 def _columns(ad):
-    created = ad.column("created_at")
-    last_login = ad.column("last_login_at")
     return [
         ad.column("id").label("id"),
         ad.column("username").label("username"),
@@ -55,12 +50,8 @@ def _columns(ad):
         ad.column("active").label("active"),
         Profile.area,
         Profile.pool,
-        Profile.readonly,
         Profile.block_reason,
-        Profile.source,
         Profile.exempt,
-        (created if created is not None else Profile.created_at).label("created_at"),
-        (last_login if last_login is not None else literal(None)).label("last_login_at"),
     ]
 
 
