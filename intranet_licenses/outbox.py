@@ -331,6 +331,13 @@ class OutboxState:
     failed: list
 
 
+#: What the License page shows of a message (not the bodies: 50 unsent messages are read).
+_SHOWN = (
+    "id", "kind", "recipient", "subject", "created_at", "attempts", "next_attempt_at",
+    "last_error", "sent_at",
+)  # fmt: skip
+
+
 @functools.cache
 def _state_statement(kinds: tuple[str, ...] | None):
     """The last message sent and the first 50 unsent ones, in one statement built once (the
@@ -339,9 +346,10 @@ def _state_statement(kinds: tuple[str, ...] | None):
     def of_kinds(statement):
         return statement.where(_table.c.kind.in_(kinds)) if kinds else statement
 
-    last = of_kinds(select(_table).where(_table.c.sent_at.is_not(None)))
+    shown = [_table.c[name] for name in _SHOWN]
+    last = of_kinds(select(*shown).where(_table.c.sent_at.is_not(None)))
     last = last.order_by(_table.c.sent_at.desc(), _table.c.id.desc()).limit(1)
-    unsent = of_kinds(select(_table).where(_table.c.sent_at.is_(None)))
+    unsent = of_kinds(select(*shown).where(_table.c.sent_at.is_(None)))
     unsent = unsent.order_by(_table.c.id).limit(50)
     both = union_all(select(last.subquery()), select(unsent.subquery())).subquery()
     return select(both).order_by(both.c.sent_at.is_(None), both.c.id)
