@@ -52,7 +52,7 @@ from datetime import datetime
 
 from email_validator import EmailNotValidError, validate_email
 from flask import current_app, has_app_context
-from sqlalchemy import event, func, insert, literal, select, true, update
+from sqlalchemy import event, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from . import audit, licensing, outbox
@@ -589,29 +589,46 @@ def notice_license_state(session, now: datetime, read=None) -> bool:
 class PageInfo:
     responsible: str | None
     outbox: outbox.OutboxState
-    #: Rows with ``pool`` and ``opened_at``, one per pool in an exceeded episode.
+    #: ``pool`` and ``opened_at`` of each pool in an exceeded episode, in pool order.
     open_episodes: list
 
 
-def page_info(session) -> PageInfo:
-    """What the License page shows about notifications."""
-    rows = session.connection().execute(_page_info_statement()).all()
+def page_info(session, read=None) -> PageInfo:
+    """What the License page shows about notifications.
+
+    ``read``: a row holding ``page_info_columns()``, when the caller read them with its own
+    statement (the License page reads them with the seat figures).
+    """
+    if read is None:
+        read = session.connection().execute(select(*page_info_columns())).one()._mapping
+    episodes = [
+        _OpenEpisode(pool, read[f"episode_{pool}"])
+        for pool in POOLS
+        if read[f"episode_{pool}"] is not None
+    ]
     return PageInfo(
-        responsible=rows[0].responsible or None,
+        responsible=read["responsible"] or None,
         outbox=outbox.state(session),
-        open_episodes=[row for row in rows if row.pool is not None],
+        open_episodes=episodes,
     )
 
 
+@dataclass(frozen=True)
+class _OpenEpisode:
+    pool: str
+    opened_at: datetime
+
+
 @functools.cache
-def _page_info_statement():
-    """The Responsible person and the open episodes (pool, opened_at): one statement, one row
-    per open episode, or one row of NULLs beside the address when none is open."""
+def page_info_columns() -> tuple:
+    """The Responsible person, and when each pool's open episode opened (NULL when its
+    episode is closed), as columns to add to another select."""
     responsible = select(_settings.c.value).where(_settings.c.name == RESPONSIBLE_PERSON)
-    episodes = select(Episode.pool, Episode.opened_at).where(Episode.open.is_(True)).subquery()
-    return (
-        select(responsible.scalar_subquery().label("responsible"), episodes.c.pool,
-               episodes.c.opened_at)
-        .select_from(select(literal(1).label("one")).subquery().outerjoin(episodes, true()))
-        .order_by(episodes.c.pool)
-    )  # fmt: skip
+    opened = [
+        select(Episode.opened_at)
+        .where(Episode.pool == pool, Episode.open.is_(True))
+        .scalar_subquery()
+        .label(f"episode_{pool}")
+        for pool in POOLS
+    ]
+    return (responsible.scalar_subquery().label("responsible"), *opened)

@@ -58,6 +58,7 @@ from __future__ import annotations
 import functools
 import unicodedata
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import NamedTuple
@@ -223,16 +224,17 @@ class PoolFigures:
 
 
 @functools.cache
-def _figures_statement():
+def _figures_statement(also: tuple = ()):
     """The counters and waiting counts of every pool, the license in force and the license
-    state last seen (``notifications.notice_license_state``), one row."""
+    state last seen (``notifications.notice_license_state``), and the columns ``also``, in
+    one row."""
     columns = []
     for pool in POOLS:
         for name in ("used", "waiting"):
             value = select(_counters.c[name]).where(_counters.c.pool == pool)
             columns.append(value.scalar_subquery().label(f"{name}_{pool}"))
     seen = notifications.license_state_seen()
-    return select(*columns, *licensing.current_columns(), seen)
+    return select(*columns, *licensing.current_columns(), seen, *also)
 
 
 class Reading(NamedTuple):
@@ -242,6 +244,8 @@ class Reading(NamedTuple):
     figures: list[PoolFigures]
     #: The license state last seen, for ``notifications.notice_license_state``.
     license_state_seen: str | None
+    #: The row read: the columns asked for with ``also``, by their labels.
+    row: Mapping
 
 
 def figures(session, now: datetime) -> list[PoolFigures]:
@@ -250,15 +254,17 @@ def figures(session, now: datetime) -> list[PoolFigures]:
     return license_and_figures(session, now).figures
 
 
-def license_and_figures(session, now: datetime) -> Reading:
-    """The license in force, the figures and the license state last seen, in one statement."""
-    row = session.connection().execute(_figures_statement()).one()._mapping
+def license_and_figures(session, now: datetime, also: tuple = ()) -> Reading:
+    """The license in force, the figures and the license state last seen, in one statement;
+    with ``also``, a tuple of labelled columns a page needs besides (built once: it is part
+    of the cache key of the statement)."""
+    row = session.connection().execute(_figures_statement(also)).one()._mapping
     current = licensing.current_from(row, now.date())
     limit = licensing.limits_of(current.status)
     pools = [
         PoolFigures(p, row[f"used_{p}"] or 0, limit[p], row[f"waiting_{p}"] or 0) for p in POOLS
     ]
-    return Reading(current, pools, row["seen"])
+    return Reading(current, pools, row["seen"], row)
 
 
 def summary_sentence(figures: list[PoolFigures]) -> str:

@@ -112,7 +112,8 @@ def _render_license(responsible_form=None, responsible_problem=None, status: int
     """The License page; after a refused address, with what was typed and why."""
     session = _session()
     now = utcnow()
-    current, figures, _ = _reading(session, now)
+    reading = _reading(session, now, also=notifications.page_info_columns())
+    current, figures = reading.current, reading.figures
     # The page's forms are written out in the templates with the names of InstallLicenseForm
     # and ResponsiblePersonForm (building and rendering them field by field took a fifth of
     # the page's time), each with licenses_csrf_field().
@@ -122,7 +123,7 @@ def _render_license(responsible_form=None, responsible_problem=None, status: int
         sentence=licensing.validity_sentence(current),
         figures=figures,
         fetch_url=config("FETCH_URL"),
-        notify=notifications.page_info(session),
+        notify=notifications.page_info(session, reading.row),
         responsible_form=responsible_form,
         responsible_problem=responsible_problem,
         license_requests=license_requests.history(session),
@@ -498,10 +499,10 @@ def _notice_license_state():
         session.commit()
 
 
-def _reading(session, now) -> seats.Reading:
-    """The license, the seat figures and the license state last seen, in one statement;
-    a license no longer valid is noticed from it, as on every other extension page."""
-    reading = seats.license_and_figures(session, now)
+def _reading(session, now, also: tuple = ()) -> seats.Reading:
+    """The license, the seat figures and the license state last seen (and ``also``), in one
+    statement; a license no longer valid is noticed from it, as on every other page."""
+    reading = seats.license_and_figures(session, now, also)
     read = (reading.current, reading.license_state_seen)
     if notifications.notice_license_state(session, now, read):
         session.commit()
