@@ -7,8 +7,10 @@ on ``licenses_profile`` so that every writer keeps it right: the seat service, t
 paths' set-based statements, the host's own SQL. ``seats.recount`` checks it.
 
 A waiting person is a profile with ``block_reason = 'license'``; it counts in its ``pool``.
-One UPDATE per change, over the one or two pools concerned: a move from one pool to the
-other locks both rows in one statement, so two moves never wait on each other in a cycle.
+One UPDATE per change, over the one or two pools concerned (a move locks both rows in one
+statement). On PostgreSQL a transaction that changes who waits in a pool holds that pool's
+counter row until it commits, as a transaction that takes a seat there does; the fast
+refusal of an admission at a full pool reads the row without waiting for it.
 
 Revision ID: 0006_waiting_counts
 Revises: 0005_nfc_keys
