@@ -779,6 +779,10 @@ def text_problem(label: str, value: str, *, username: bool = False) -> str | Non
     """
     if len(value) > 255:
         return f"the {label} is longer than 255 characters ({len(value)}); shorten it."
+    if value.isascii() and value.isprintable():  # most names: no control, no invisible one
+        if username and " " in value:
+            return f"the {label} is not usable: use up to 255 characters, no spaces."
+        return None
     for ch in value:
         category = unicodedata.category(ch)
         if category == "Cc":
@@ -915,7 +919,7 @@ def add_person(
         # counter's row lock is held for the person's two rows and the COMMIT only. If the
         # conditional UPDATE refuses after all (a race for the last seat), it is withdrawn
         # in the same transaction: nobody ever sees it.
-        admitted_row = audit.record(
+        admitted_row = audit.record_withdrawable(
             session,
             at=now,
             actor=actor,
