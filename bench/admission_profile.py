@@ -8,7 +8,11 @@ loop with cProfile, counting CPU time rather than wall time. Not a test; not run
 ``make test``.
 
     .venv/bin/python bench/admission_profile.py [--url postgresql://postgres@127.0.0.1/test]
-        [--seats 250] [--attempts 1000] [--profile FILE] [--show-sql]
+        [--seats 250] [--attempts 1000] [--profile FILE] [--show-sql] [--floor]
+
+``--floor`` also times a refused attempt's two statements and its COMMIT without the seat
+service around them, three ways: through the session and Core (as the service runs them),
+through the session on its DBAPI connection, and psycopg alone.
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import admission_bench as bench  # noqa: E402
 
 import wsgi  # noqa: E402
+from intranet_licenses import audit, seats  # noqa: E402
 from intranet_licenses.license_file import generate_key_pair  # noqa: E402
+from intranet_licenses.models import utcnow  # noqa: E402
 
 
 def _loop(session, prefix: str, count: int, on_attempt=None) -> int:
@@ -101,6 +107,46 @@ def _bare_attempt(conn, name: str, seat_count: int) -> bool:
         return True
 
 
+def _floor(session, attempts: int) -> None:
+    """CPU of a refusal's statements alone (the pool must be full): see the module docstring."""
+    dialect = session.get_bind().dialect
+    row = audit._row(utcnow(), "bench", "add", "bench", "refused", "x", "intranet", "No seat.")
+    read = seats._READ_POOL_AND_USERNAME
+    compiled = read.compile(dialect=dialect)
+    read_sql = str(compiled)
+    insert_sql = str(audit._INSERT.compile(dialect=dialect, column_keys=list(row)))
+
+    def read_params(n):
+        return {"pool": "intranet", "key": f"floor{n}"}
+
+    def core(n):
+        conn = session.connection()
+        conn.execute(read, read_params(n)).all()
+        conn.execute(audit._INSERT, row)
+        session.commit()
+
+    def dbapi(n):
+        raw = session.connection().connection.driver_connection
+        raw.execute(read_sql, compiled.construct_params(read_params(n))).fetchall()
+        raw.execute(insert_sql, row)
+        session.commit()
+
+    raw = session.connection().connection.driver_connection
+    session.commit()
+
+    def alone(n):
+        with raw.transaction():
+            raw.execute(read_sql, compiled.construct_params(read_params(n))).fetchall()
+            raw.execute(insert_sql, row)
+
+    for label, one in (("session + Core", core), ("session, DBAPI", dbapi), ("psycopg", alone)):
+        python = time.process_time()
+        for n in range(attempts):
+            one(n)
+        python = (time.process_time() - python) / attempts
+        print(f"floor of a refusal, {label:14}: Python {python * 1e3:.3f} ms")
+
+
 def _bare_cpu(url: str, seats: int, attempts: int) -> None:
     dsn = sa.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
     with psycopg.connect(dsn) as conn:
@@ -117,6 +163,7 @@ def main() -> None:
     parser.add_argument("--attempts", type=int, default=1000)
     parser.add_argument("--profile", help="write the cProfile statistics to this file")
     parser.add_argument("--show-sql", action="store_true", help="print one attempt's statements")
+    parser.add_argument("--floor", action="store_true", help="time a refusal's statements alone")
     options = parser.parse_args()
     server = options.url.replace("postgresql://", "postgresql+psycopg://", 1)
     keys = Path(tempfile.mkdtemp(prefix="admission-profile-"))
@@ -196,6 +243,8 @@ def main() -> None:
             for attempt in range(options.attempts):
                 cpu.measure(lambda attempt=attempt: bench.attempt(session, f"c{attempt}"))
             cpu.report("ours")
+            if options.floor:
+                _floor(session, options.attempts)
             wsgi.db.engine.dispose()
         bench.drop_database(server, url)
         url = bench.fresh_database(server)
