@@ -9,7 +9,9 @@ from sqlalchemy import bindparam, insert
 from .models import AuditEvent
 
 _table = AuditEvent.__table__
-_INSERT = _table.insert()
+#: Without RETURNING: almost no row is referred to again, and fetching its id costs a result.
+_INSERT = _table.insert().inline()
+_INSERT_RETURNING_ID = _table.insert().returning(_table.c.id)
 _DELETE = _table.delete().where(_table.c.id == bindparam("event_id"))
 
 
@@ -24,27 +26,45 @@ def record(
     subject: str | None = None,
     pool: str | None = None,
     detail: str = "",
-) -> int:
+) -> None:
     """Write one audit event in the caller's transaction; its commit (or rollback) decides.
 
     A Core INSERT on the session's connection, at once: no ORM object, no flush (the seat
     service writes one for every attempt, admitted or refused). It does not flush the
-    session, so it may be called from inside a flush. Returns the row's id.
+    session, so it may be called from inside a flush.
     """
-    result = session.connection().execute(
-        _INSERT,
-        {
-            "at": at,
-            "actor": actor,
-            "action": action,
-            "path": path,
-            "outcome": outcome,
-            "subject": subject,
-            "pool": pool,
-            "detail": detail,
-        },
+    session.connection().execute(
+        _INSERT, _row(at, actor, action, path, outcome, subject, pool, detail)
     )
-    return result.inserted_primary_key[0]
+
+
+def record_withdrawable(
+    session,
+    *,
+    at: datetime,
+    actor: str,
+    action: str,
+    path: str,
+    subject: str | None = None,
+    pool: str | None = None,
+) -> int:
+    """``record`` an event (outcome ok) that may have to be withdrawn; returns its id for
+    :func:`withdraw`."""
+    row = _row(at, actor, action, path, "ok", subject, pool, "")
+    return session.connection().execute(_INSERT_RETURNING_ID, row).scalar_one()
+
+
+def _row(at, actor, action, path, outcome, subject, pool, detail) -> dict:
+    return {
+        "at": at,
+        "actor": actor,
+        "action": action,
+        "path": path,
+        "outcome": outcome,
+        "subject": subject,
+        "pool": pool,
+        "detail": detail,
+    }
 
 
 def withdraw(session, event_id: int) -> None:

@@ -275,8 +275,8 @@ def _before_commit(session) -> None:
     """In the committing transaction: close episodes that have a free seat, open new ones."""
     events = session.info.pop(_EVENTS, None)
     freed = session.info.pop(_FREED, None)
-    if not events and not freed:
-        return
+    if not freed and all(_told(ev) for ev in events or ()):
+        return  # the commit of most refusals: no episode to open or close, no flush
     if not has_app_context() or "licenses" not in current_app.extensions:
         return
     session.flush()
@@ -284,6 +284,13 @@ def _before_commit(session) -> None:
         _close_episodes(session, freed)
     if events:
         _open_episodes(session, events)
+
+
+def _told(ev: _Event) -> bool:
+    """True for an event of an episode known to be open that needs no decision at commit:
+    it saw the episode open (see the module docstring) and is not an expired license, which
+    ``_open_episodes`` names even in an open episode."""
+    return ev.episode_open is True and ev.trigger != "expired"
 
 
 def _used(session) -> dict[str, int]:

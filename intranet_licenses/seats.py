@@ -79,7 +79,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy import inspect as sa_inspect
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, scoped_session
 
 from . import audit, licensing, notifications
 from .errors import LicensesError
@@ -425,7 +425,8 @@ def _new_profile_values(ad, user, now: datetime) -> dict:
     spec = dict(inspect(user).info.get("licenses_profile", {}))
     area = spec.get("area", PRIMARY_AREA)
     readonly = spec.get("readonly", False)
-    exempt = _key(ad.get(user, "username")) == _key(config("ADMIN_USERNAME"))
+    username_key = _key(ad.get(user, "username"))
+    exempt = username_key == _key(config("ADMIN_USERNAME"))
     active = _is_active(ad, user)
     reason = spec.get("block_reason") or (None if active else BLOCKED_BY_ADMIN)
     return {
@@ -438,7 +439,7 @@ def _new_profile_values(ad, user, now: datetime) -> dict:
         "source": spec.get("source", "host"),
         "directory_id": spec.get("directory_id"),
         "created_at": spec.get("created_at") or now,
-        "username_key": _key(ad.get(user, "username")),
+        "username_key": username_key,
         "first_name_key": _key(ad.get(user, "first_name")),
         "surname_key": _key(ad.get(user, "surname")),
         "email_key": _key(ad.get(user, "email")),
@@ -670,7 +671,10 @@ def _insert_new_profiles(session, flush_context) -> None:
         return
     ad = adapter()
     rows = [{"user_id": ad.get(user, "id"), **values} for user, values in new_profiles]
-    session.connection().execute(insert(Profile.__table__), rows)
+    session.connection().execute(_INSERT_PROFILES, rows)
+
+
+_INSERT_PROFILES = insert(Profile.__table__)
 
 
 # The service ---------------------------------------------------------------------------
@@ -801,6 +805,10 @@ def text_problem(label: str, value: str, *, username: bool = False) -> str | Non
     """
     if len(value) > 255:
         return f"the {label} is longer than 255 characters ({len(value)}); shorten it."
+    if value.isascii() and value.isprintable():  # most names: no control, no invisible one
+        if username and " " in value:
+            return f"the {label} is not usable: use up to 255 characters, no spaces."
+        return None
     for ch in value:
         category = unicodedata.category(ch)
         if category == "Cc":
@@ -827,9 +835,9 @@ def check_person_fields(username: str, first_name: str, surname: str, email: str
     email = (email or "").strip()
     if not username:
         raise PersonError("A username is required.")
+    name = shown(username)
     for label, value in (("username", username), ("first name", first_name),
                          ("surname", surname), ("email", email)):  # fmt: skip
-        name = shown(username)
         named = f"username '{name}'" if label == "username" else f"{label} of '{name}'"
         problem = text_problem(named, value, username=label == "username")
         if problem:
@@ -873,6 +881,12 @@ def _refused(session, refusal: SeatError, *, actor, action, path, subject, now) 
     )
 
 
+def _plain(session) -> Session:
+    """The session itself when given a ``scoped_session`` (Flask-SQLAlchemy's ``db.session``):
+    a call that uses it a dozen times pays the proxy's registry lookup once."""
+    return session() if isinstance(session, scoped_session) else session
+
+
 def add_person(
     session,
     *,
@@ -894,6 +908,7 @@ def add_person(
     With ``wait_when_full`` (directory sync only, rule 3) a person who finds no free seat is
     created blocked, awaiting a license, instead.
     """
+    session = _plain(session)
     ad = adapter()
     path = path or source
     fields = check_person_fields(username, first_name, surname, email)
@@ -937,7 +952,7 @@ def add_person(
         # counter's row lock is held for the person's two rows and the COMMIT only. If the
         # conditional UPDATE refuses after all (a race for the last seat), it is withdrawn
         # in the same transaction: nobody ever sees it.
-        admitted_row = audit.record(
+        admitted_row = audit.record_withdrawable(
             session,
             at=now,
             actor=actor,
