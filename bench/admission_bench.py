@@ -27,6 +27,11 @@ What ours does that the bare loop does not (the product, not the benchmark's cho
 
 The bare loop writes the same user and profile rows on admission and nothing on refusal.
 Neither hashes a password (the seat service does not set one).
+
+A third loop, "audited", is the bare loop plus one audit row per attempt (admitted or
+refused) in the same transaction: the least that any implementation keeping rule 11 writes.
+Its ratio to the bare loop tells how much of the gap the product's rules set, whatever the
+code; ours/audited tells how close ours is to that floor.
 """
 
 from __future__ import annotations
@@ -155,8 +160,24 @@ def _ours(url, keys, worker, count, _seats, barrier, results):
     results.put((admitted, started, finished, counted[0], last_admission))
 
 
-def _bare(url, _keys, worker, count, seat_count, barrier, results):
+_AUDIT_ROW = (
+    "insert into licenses_audit (at, actor, action, path, subject, pool, outcome, detail) "
+    "values (now(), 'bench', 'add', 'bench', %s, 'intranet', %s, %s)"
+)
+
+
+def _bare(url, keys, worker, count, seat_count, barrier, results):
     """The same rows written with psycopg: conditional UPDATE, then the two inserts."""
+    _bare_loop(url, keys, worker, count, seat_count, barrier, results, audited=False)
+
+
+def _bare_audited(url, keys, worker, count, seat_count, barrier, results):
+    """The bare loop plus one audit row per attempt, admitted or refused (rule 11): the
+    least that any implementation keeping the product's rules writes."""
+    _bare_loop(url, keys, worker, count, seat_count, barrier, results, audited=True)
+
+
+def _bare_loop(url, _keys, worker, count, seat_count, barrier, results, *, audited):
     dsn = sa.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
     admitted = 0
     round_trips = 0
@@ -171,9 +192,15 @@ def _bare(url, _keys, worker, count, seat_count, barrier, results):
                     "where pool = 'intranet' and used + 1 <= %s",
                     (seat_count,),
                 )
-                if cur.rowcount != 1:
-                    continue
                 name = f"b{worker}_{n}"
+                if cur.rowcount != 1:
+                    if audited:
+                        conn.execute(_AUDIT_ROW, (name, "refused", "The intranet pool is full."))
+                        round_trips += 1
+                    continue
+                if audited:
+                    conn.execute(_AUDIT_ROW, (name, "ok", ""))
+                    round_trips += 1
                 user_id = conn.execute(
                     "insert into users (username, first_name, surname, email, active, "
                     "is_sysadmin, is_people_admin, created_at) "
@@ -253,13 +280,15 @@ def main() -> None:
     (keys / "private.pem").write_bytes(private_pem)
     (keys / "public.pem").write_bytes(public_pem)
 
-    rates = {"ours": [], "bare": []}
-    over = {"ours": [], "bare": []}
-    trips = {"ours": [], "bare": []}
+    names = ("bare", "audited", "ours")
+    rates = {name: [] for name in names}
+    over = {name: [] for name in names}
+    trips = {name: [] for name in names}
     ratios = []
+    floor_ratios = []
     for run in range(options.runs):
         print(f"run {run + 1}: load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-        for name, worker_fn in (("bare", _bare), ("ours", _ours)):
+        for name, worker_fn in (("bare", _bare), ("audited", _bare_audited), ("ours", _ours)):
             url = fresh_database(server)
             try:
                 prepare(url, keys, options.seats)
@@ -270,7 +299,7 @@ def main() -> None:
                 rates[name].append(rate)
                 trips[name].append(per_attempt)
                 print(
-                    f"run {run + 1} {name:4}: {rate:8.0f} attempts/s, admitted {admitted}, "
+                    f"run {run + 1} {name:7}: {rate:8.0f} attempts/s, admitted {admitted}, "
                     f"{per_attempt:.2f} round trips per attempt, "
                     f"{elapsed:.1f} s ({filling:.1f} s until the last seat was taken), "
                     f"over-allocations {over[name][-1]}",
@@ -279,12 +308,15 @@ def main() -> None:
             finally:
                 drop_database(server, url)
         ratios.append(rates["ours"][-1] / rates["bare"][-1])
+        floor_ratios.append(rates["audited"][-1] / rates["bare"][-1])
         print(
-            f"run {run + 1}: ratio {ratios[-1]:.2f}; load average "
+            f"run {run + 1}: ratio {ratios[-1]:.2f} (audited loop {floor_ratios[-1]:.2f}); load "
+            "average "
             f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}",
             flush=True,
         )
     ours, bare = statistics.median(rates["ours"]), statistics.median(rates["bare"])
+    audited = statistics.median(rates["audited"])
     print()
     print(
         f"PostgreSQL, {options.processes} processes, {options.seats} seats, "
@@ -299,10 +331,22 @@ def main() -> None:
         f"{statistics.median(trips['bare']):.2f} round trips per attempt"
     )
     print(
+        f"  bare + one audit row per attempt:    {audited:8.0f} attempts/s, "
+        f"{statistics.median(trips['audited']):.2f} round trips per attempt"
+    )
+    print(
         f"  ratio ours/bare: {ours / bare:.2f} (of medians); per run "
         f"{', '.join(f'{r:.2f}' for r in ratios)}, median {statistics.median(ratios):.2f}"
     )
-    print(f"  over-allocations: ours {max(over['ours'])}, bare {max(over['bare'])} (must be 0)")
+    print(
+        f"  ratio audited/bare: {audited / bare:.2f} (per run "
+        f"{', '.join(f'{r:.2f}' for r in floor_ratios)}); ours/audited: {ours / audited:.2f}"
+    )
+    print(
+        "  over-allocations: "
+        + ", ".join(f"{name} {max(over[name])}" for name in names)
+        + " (must be 0)"
+    )
 
 
 if __name__ == "__main__":
