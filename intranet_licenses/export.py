@@ -458,9 +458,10 @@ _QUOTED_END_MARK = re.compile(rb'(?:(?<=,)|(?<=\n)|\A)"\\\."(?=,|\r\n)')
 
 #: The export walks both tables in id order. Given the per-row cells to compute, the
 #: planner may pick a parallel Gather Merge in which every worker reads the whole profile
-#: index for its share of users: measured at 1,000,000 rows, 1.65 s of the server's CPU in
-#: all against 1.19 s for the serial walk, and not faster here (2 cores): the workers take
-#: cores from the export's own reader and from the intranet's other requests.
+#: index for its share of users: measured at 1,000,000 rows, 1.59 s of the server's CPU
+#: (the backend and its workers) against 1.11 s for the serial walk, and not faster here
+#: (2 cores): the workers take cores from the export's own reader and from the intranet's
+#: other requests.
 _SERIAL_PLAN = "SET LOCAL max_parallel_workers_per_gather = 0"
 
 
