@@ -85,10 +85,9 @@ def create_schema(url: str, instance: Path) -> None:
         wsgi.db.engine.dispose()
 
 
-_COUNTERS_SQL = (  # the waiting counts are kept by triggers; set here all the same
+_COUNTERS_SQL = (  # the waiting counts are kept by the triggers of migration 0006
     "UPDATE licenses_seat_counter SET used = (SELECT count(*) FROM licenses_profile p "
-    "WHERE p.seat_pool = licenses_seat_counter.pool), waiting = (SELECT count(*) FROM "
-    "licenses_profile p WHERE p.block_reason = 'license' AND p.pool = licenses_seat_counter.pool)"
+    "WHERE p.seat_pool = licenses_seat_counter.pool)"
 )
 
 

@@ -910,6 +910,7 @@ def _apply(session, listing, new_people, report, known_ids, *, progress, actor, 
         if count:
             record_exceeded(session, pool=pool, waiting=count, actor=actor, now=now, path=path)
     session.flush()
+    seats.fold_waiting(session)  # last: it locks the waiting counts until the commit
     return report
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     DateTime,
     Index,
@@ -92,18 +93,31 @@ class Profile(Base):
 
 
 class SeatCounter(Base):
-    """Seats in use per pool: read in constant time, and the row admissions lock.
-
-    ``waiting`` counts the pool's people awaiting a license (``block_reason`` 'license'). It
-    is kept by database triggers on ``licenses_profile`` (migration ``0006_waiting_counts``),
-    so every writer keeps it right; the seat service only reads it, and ``recount`` checks it.
-    """
+    """Seats in use per pool: read in constant time, and the row admissions lock."""
 
     __tablename__ = "licenses_seat_counter"
 
     pool: Mapped[str] = mapped_column(String(16), primary_key=True)
     used: Mapped[int] = mapped_column(Integer, default=0)
-    waiting: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+class WaitingCount(Base):
+    """People awaiting a license (``block_reason`` 'license') per pool: the sum of the
+    pool's rows, kept by database triggers on ``licenses_profile`` (migration
+    ``0006_waiting_counts``), so that every writer keeps it right; the seat service reads it.
+
+    ``tx`` 0 holds a pool's folded count. On PostgreSQL each transaction that changes who
+    waits writes its change to rows of its own (``tx`` is its transaction id), so it never
+    waits for another transaction, nor makes one wait, over the count (the counter row is
+    what admissions lock); ``seats.fold_waiting`` adds those rows into ``tx`` 0. SQLite has
+    one writer at a time: its triggers change ``tx`` 0 directly.
+    """
+
+    __tablename__ = "licenses_waiting_count"
+
+    pool: Mapped[str] = mapped_column(String(16), primary_key=True)
+    tx: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    waiting: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class InstalledLicense(Base):

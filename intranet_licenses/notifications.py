@@ -600,6 +600,12 @@ class PageInfo:
     open_episodes: list
 
 
+@dataclass(frozen=True)
+class _OpenEpisode:
+    pool: str
+    opened_at: datetime
+
+
 def page_info(session, read=None) -> PageInfo:
     """What the License page shows about notifications.
 
@@ -618,12 +624,6 @@ def page_info(session, read=None) -> PageInfo:
         outbox=outbox.state(session),
         open_episodes=episodes,
     )
-
-
-@dataclass(frozen=True)
-class _OpenEpisode:
-    pool: str
-    opened_at: datetime
 
 
 @functools.cache

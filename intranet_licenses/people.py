@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, func, or_, select, union_all
+from sqlalchemy import bindparam, func, or_, select, text, union_all
 
 from . import seats
 from .extension import adapter
@@ -203,16 +204,31 @@ def _read(session, statement, params):
     return session.connection().execute(statement, params)
 
 
-def _without_parallel_workers(session) -> None:
-    """On PostgreSQL, no parallel workers for the rest of this transaction (the request).
+@contextlib.contextmanager
+def _without_parallel_workers(session):
+    """On PostgreSQL, no parallel workers for the statements run inside (the walk).
 
     The walk's filter is one no index answers, so the planner believes few rows match, and
     plans a parallel scan to find them: starting the workers took 10 ms, finding the page
-    0.1 ms. SQLite has no such plans.
+    0.1 ms. The setting is put back afterwards, so that the host's later statements in the
+    same transaction keep their plans. SQLite has no such plans.
     """
     connection = session.connection()
-    if connection.dialect.name == "postgresql":
-        connection.exec_driver_sql("SET LOCAL max_parallel_workers_per_gather = 0")
+    if connection.dialect.name != "postgresql":
+        yield
+        return
+    old = connection.execute(_SET_WORKERS, {"value": "0"}).scalar_one()
+    try:
+        yield
+    finally:
+        connection.execute(_SET_WORKERS, {"value": old})
+
+
+#: Sets the workers per gather for the rest of the transaction; returns the value it had.
+_SET_WORKERS = text(
+    "WITH old AS MATERIALIZED (SELECT current_setting('max_parallel_workers_per_gather') AS v) "
+    "SELECT v FROM old, set_config('max_parallel_workers_per_gather', :value, true)"
+)
 
 
 def page(session, *, after=None, before=None, size=50, **filters) -> Page:
@@ -222,8 +238,6 @@ def page(session, *, after=None, before=None, size=50, **filters) -> Page:
     mode = None
     if search:
         mode = "narrow" if narrow_search(session, search) else "walk"
-    if mode == "walk":
-        _without_parallel_workers(session)
     shape = (
         mode,
         filters.get("state"),
@@ -233,6 +247,13 @@ def page(session, *, after=None, before=None, size=50, **filters) -> Page:
         search, filters.get("area"), filters.get("pool"), filters.get("reason")
     )
     params["size"] = size + 1
+    serial = _without_parallel_workers(session) if mode == "walk" else contextlib.nullcontext()
+    with serial:
+        return _page(session, ad, shape, params, after, before, size)
+
+
+def _page(session, ad, shape, params, after, before, size) -> Page:
+    """The page of ``page``: its statement for ``shape``, run after or before a cursor."""
     if before is not None:
         statement = _page_statement(ad, shape, "before")
         rows = _read(session, statement, {**params, "cursor": before}).all()

@@ -78,6 +78,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy import delete as sa_delete
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import Session, scoped_session
 
@@ -93,10 +94,12 @@ from .models import (
     Episode,
     Profile,
     SeatCounter,
+    WaitingCount,
     utcnow,
 )
 
 _counters = SeatCounter.__table__
+_waiting = WaitingCount.__table__
 #: Read (never written) here: a refusal reports whether its pool's episode is open already.
 _episodes = Episode.__table__
 
@@ -188,10 +191,16 @@ def usage(session) -> dict[str, int]:
 
 
 def waiting(session) -> dict[str, int]:
-    """People awaiting a license, per pool, from the counters (constant time)."""
-    rows = session.execute(select(SeatCounter.pool, SeatCounter.waiting)).all()
+    """People awaiting a license, per pool, from ``licenses_waiting_count`` (a few rows)."""
+    rows = session.execute(
+        select(_waiting.c.pool, func.sum(_waiting.c.waiting)).group_by(_waiting.c.pool)
+    ).all()
     found = dict(rows)
-    return {pool: found.get(pool, 0) for pool in POOLS}
+    return {pool: found.get(pool) or 0 for pool in POOLS}
+
+
+def _waiting_column(pool: str):
+    return select(func.coalesce(func.sum(_waiting.c.waiting), 0)).where(_waiting.c.pool == pool)
 
 
 def _counted_waiting(session) -> dict[str, int]:
@@ -203,6 +212,32 @@ def _counted_waiting(session) -> dict[str, int]:
     ).all()
     found = dict(rows)
     return {pool: found.get(pool, 0) for pool in POOLS}
+
+
+def fold_waiting(session) -> None:
+    """Add the waiting-count rows that transactions wrote (PostgreSQL) into each pool's
+    ``tx`` 0 row (see ``models.WaitingCount``): a pool's rows stay few.
+
+    The ``tx`` 0 rows are locked first, in pool order, so two folds take turns; a row of a
+    transaction still running is not visible, and stays for the next fold. Call it at the
+    end of a transaction, when it holds no lock another transaction might wait on it for.
+    """
+    conn = session.connection()
+    base = _waiting.c.tx == 0
+    conn.execute(select(_waiting.c.pool).where(base).order_by(_waiting.c.pool).with_for_update())
+    folded: Counter[str] = Counter()
+    for pool, change in conn.execute(
+        sa_delete(_waiting)
+        .where(_waiting.c.tx != 0)
+        .returning(_waiting.c.pool, _waiting.c.waiting)
+    ):
+        folded[pool] += change
+    for pool in sorted(folded):
+        conn.execute(
+            update(_waiting)
+            .where(base, _waiting.c.pool == pool)
+            .values(waiting=_waiting.c.waiting + folded[pool])
+        )
 
 
 @dataclass(frozen=True)
@@ -223,16 +258,16 @@ class PoolFigures:
         return self.limit is not None and self.used > self.limit
 
 
-@functools.cache
+@functools.lru_cache(maxsize=8)  # keyed by ``also``: a tuple its callers build once
 def _figures_statement(also: tuple = ()):
     """The counters and waiting counts of every pool, the license in force and the license
     state last seen (``notifications.notice_license_state``), and the columns ``also``, in
     one row."""
     columns = []
     for pool in POOLS:
-        for name in ("used", "waiting"):
-            value = select(_counters.c[name]).where(_counters.c.pool == pool)
-            columns.append(value.scalar_subquery().label(f"{name}_{pool}"))
+        used = select(_counters.c.used).where(_counters.c.pool == pool)
+        columns.append(used.scalar_subquery().label(f"used_{pool}"))
+        columns.append(_waiting_column(pool).scalar_subquery().label(f"waiting_{pool}"))
     seen = notifications.license_state_seen()
     return select(*columns, *licensing.current_columns(), seen, *also)
 
@@ -307,7 +342,7 @@ def _used(conn, pool: str) -> int:
 
 
 @dataclass(frozen=True)
-class _Reading:
+class _PoolReading:
     """One pool as one statement saw it: seats in use, and whether its episode was open."""
 
     used: int
@@ -337,7 +372,7 @@ class _PoolsRead:
     """What one statement read: for these pools, their counters and episodes; the license."""
 
     pools: tuple[str, ...]
-    readings: dict[str, _Reading]
+    readings: dict[str, _PoolReading]
     current: licensing.Current
 
 
@@ -377,7 +412,7 @@ def _read_pools(session, conn, pools: list[str], today, *, username_key=None):
     if not rows:  # no counter rows (a broken schema): the license alone; _take refuses
         read = _PoolsRead(tuple(pools), {}, licensing.current(session, today))
         return read, ...
-    readings = {row.pool: _Reading(row.used, row.open) for row in rows}
+    readings = {row.pool: _PoolReading(row.used, row.open) for row in rows}
     current = licensing.current_from(rows[0]._mapping, today)
     return _PoolsRead(tuple(pools), readings, current), rows[0].taken if username_key else ...
 
@@ -1158,6 +1193,31 @@ def activate_waiting(
     return ActivationResult(activated, still_waiting, activated_ids)
 
 
+def _waiting_drift(session):
+    """(stored, counted, pending) waiting counts per pool, read in one statement so that
+    they agree: the stored sum, a count of the profiles, and the rows other transactions
+    wrote that are not folded yet (on PostgreSQL; the recount keeps those).
+
+    The waiting counts are kept by triggers (migration 0006): a drift means that they were
+    dropped, or that the table was written without them (TRUNCATE, a restore, a rebuild).
+    """
+    fold_waiting(session)
+    columns = []
+    for pool in POOLS:
+        counted = select(func.count()).where(
+            Profile.block_reason == AWAITING_LICENSE, Profile.pool == pool
+        )
+        pending = _waiting_column(pool).where(_waiting.c.tx != 0)
+        columns += [
+            _waiting_column(pool).scalar_subquery(),
+            counted.scalar_subquery(),
+            pending.scalar_subquery(),
+        ]
+    row = session.execute(select(*columns)).one()
+    stored, counted, pending = (dict(zip(POOLS, row[i::3], strict=True)) for i in range(3))
+    return stored, counted, pending
+
+
 def recount(session, *, actor: str, now: datetime) -> list[str]:
     """Check the counters and profiles against the host's users and repair any drift.
 
@@ -1167,6 +1227,11 @@ def recount(session, *, actor: str, now: datetime) -> list[str]:
     """
     ad = adapter()
     findings: list[str] = []
+    # Hold the counters (in pool order) from the start: an admission or release that
+    # committed between the count below and its write would otherwise be overwritten.
+    session.connection().execute(
+        select(_counters.c.pool).order_by(_counters.c.pool).with_for_update()
+    ).all()
     id_col = ad.column("id")
     missing = session.execute(
         select(ad.model).where(~id_col.in_(select(Profile.user_id)))
@@ -1241,9 +1306,7 @@ def recount(session, *, actor: str, now: datetime) -> list[str]:
         ).all()
     )
     stored = usage(session)
-    # The waiting counts are kept by triggers (migration 0006); a drift means they were
-    # dropped or the table was written with the triggers off (a restore, say).
-    stored_waiting, real_waiting = waiting(session), _counted_waiting(session)
+    stored_waiting, real_waiting, pending = _waiting_drift(session)
     # Only a valid license has limits to be over (without one, every limit reads 0).
     status = licensing.current(session, now.date()).status
     limits = licensing.limits_of(status) if status.valid else dict.fromkeys(POOLS)
@@ -1267,12 +1330,15 @@ def recount(session, *, actor: str, now: datetime) -> list[str]:
                 f"The {pool} count of people waiting for a license read "
                 f"{stored_waiting[pool]}; it now reads {real_waiting[pool]}."
             )
-        values = {"used": real, "waiting": real_waiting[pool]}
         existing = conn.execute(select(_counters.c.pool).where(_counters.c.pool == pool)).first()
         if existing is None:
-            conn.execute(insert(_counters).values(pool=pool, **values))
+            conn.execute(insert(_counters).values(pool=pool, used=real))
         else:
-            conn.execute(update(_counters).where(_counters.c.pool == pool).values(**values))
+            conn.execute(update(_counters).where(_counters.c.pool == pool).values(used=real))
+        base = real_waiting[pool] - pending[pool]  # rows of other transactions stay as they are
+        here = and_(_waiting.c.pool == pool, _waiting.c.tx == 0)
+        if not conn.execute(update(_waiting).where(here).values(waiting=base)).rowcount:
+            conn.execute(insert(_waiting).values(pool=pool, tx=0, waiting=base))
     notifications.seats_freed(session, POOLS, now)
     audit.record(
         session,

@@ -74,7 +74,8 @@ def _csrf_field() -> Markup:
     tenth of a page's time)."""
     if not current_app.config.get("WTF_CSRF_ENABLED", True):
         return Markup("")
-    return Markup('<input type="hidden" name="csrf_token" value="%s">') % generate_csrf()
+    name = current_app.config.get("WTF_CSRF_FIELD_NAME", "csrf_token")
+    return Markup('<input type="hidden" name="%s" value="%s">') % (name, generate_csrf())
 
 
 @bp.app_context_processor
@@ -492,11 +493,19 @@ _FIGURE_PAGES = frozenset({"licenses.license_page", "licenses.summary", "license
 @bp.before_request
 def _notice_license_state():
     """An extension page reads the license: notice once if it is no longer valid."""
-    if request.endpoint == "licenses.static" or request.endpoint in _FIGURE_PAGES:
+    if request.endpoint == "licenses.static" or _shows_figures():
         return
     session = _session()
     if notifications.notice_license_state(session, utcnow()):
         session.commit()
+
+
+def _shows_figures() -> bool:
+    """True when this request is a figure page its user may see: it notices from there."""
+    if request.endpoint not in _FIGURE_PAGES:
+        return False
+    role = current_app.view_functions[request.endpoint].licenses_role
+    return access.has_role(adapter().current_user(), role)
 
 
 def _reading(session, now, also: tuple = ()) -> seats.Reading:
@@ -506,6 +515,8 @@ def _reading(session, now, also: tuple = ()) -> seats.Reading:
     read = (reading.current, reading.license_state_seen)
     if notifications.notice_license_state(session, now, read):
         session.commit()
+        # The notice may have opened episodes and queued mail: show them (once per change).
+        reading = seats.license_and_figures(session, now, also)
     return reading
 
 

@@ -13,7 +13,7 @@ from conftest import demo_app_on
 
 import wsgi
 from intranet_licenses import notifications, outbox, seats
-from intranet_licenses.models import AuditEvent, Episode, OutboxMessage, utcnow
+from intranet_licenses.models import AuditEvent, Episode, OutboxMessage, Setting, utcnow
 
 ADDRESS = "it-licenses@example.com"
 
@@ -758,3 +758,40 @@ def test_a_host_template_overrides_the_shipped_email(
     message = smtp_server.messages[0][2]
     assert message["Subject"] == "Seats run out at intranet.example.com"
     assert "Intranet pool: 0 in use, limit 0." in body(message)  # the shipped body
+
+
+@pytest.mark.parametrize("page", ["/admin/licenses/", "/admin/licenses/summary",
+                                  "/admin/licenses/people"])  # fmt: skip
+def test_a_figure_page_notices_an_invalid_license_once(mail_app, smtp_server, auth, client,
+                                                       accounts, page):  # fmt: skip
+    """The License, summary and People pages notice from the statement that reads their
+    figures: one email, however often the page is viewed."""
+    set_responsible(mail_app)
+    auth.login("admin")
+    mail_app.config["LICENSES_SITE_NAME"] = "elsewhere.example.org"  # the license no longer fits
+    for _ in range(3):
+        response = client.get(page)
+        assert response.status_code == 200
+        response.close()  # the outbox sends when the response is done
+    assert len(smtp_server.messages) == 1
+
+
+def test_the_license_page_that_notices_shows_the_episode_it_opened(
+    mail_app, smtp_server, auth, client, accounts
+):
+    set_responsible(mail_app)
+    auth.login("sysadmin")
+    mail_app.config["LICENSES_SITE_NAME"] = "elsewhere.example.org"
+    first = client.get("/admin/licenses/").get_data(as_text=True)
+    assert "The intranet pool has been exceeded since" in first
+
+
+def test_a_refused_visit_to_a_figure_page_still_notices(mail_app, smtp_server, auth, client,
+                                                        accounts):  # fmt: skip
+    set_responsible(mail_app)
+    auth.login("jennifer")
+    mail_app.config["LICENSES_SITE_NAME"] = "elsewhere.example.org"
+    assert client.get("/admin/licenses/").status_code == 403
+    with mail_app.app_context():
+        seen = wsgi.db.session.get(Setting, notifications.LICENSE_STATE).value
+    assert seen != "valid"

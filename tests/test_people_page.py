@@ -7,9 +7,10 @@ import re
 
 import pytest
 import sqlalchemy as sa
-from conftest import count_users, person_state, usage
+from conftest import PASSWORD, count_users, person_state, usage
 
 import wsgi
+from intranet_licenses import people
 from intranet_licenses.models import AWAITING_LICENSE, BLOCKED_BY_ADMIN
 
 PEOPLE = "/admin/licenses/people"
@@ -443,3 +444,45 @@ def test_the_move_page_of_the_administrator_account_says_it_takes_no_seat(client
     text = client.get(f"{PEOPLE}/1/move").get_data(as_text=True)
     assert "never takes a seat, in any pool" in text
     assert "takes a seat from the" not in text
+
+
+@pytest.mark.parametrize("config", [{}, {"WTF_CSRF_FIELD_NAME": "my_csrf"},
+                                    {"WTF_CSRF_SECRET_KEY": "another-secret"}])  # fmt: skip
+def test_a_row_form_posts_with_the_csrf_field_the_page_wrote(app, client, auth, accounts,
+                                                             config):  # fmt: skip
+    """With CSRF on (as in production), a Block form from the page is accepted: the field
+    the page writes has the name and token FlaskForm checks, also when the host renames it."""
+    auth.login("peopleadmin")
+    app.config.update(WTF_CSRF_ENABLED=True, **config)
+    page = client.get("/admin/licenses/people").get_data(as_text=True)
+    jennifer = user_id(app, "jennifer")
+    form = re.search(
+        rf'<form method="post" action="/admin/licenses/people/{jennifer}/block">.*?</form>',
+        page,
+        re.S,
+    ).group(0)
+    fields = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', form))
+    assert config.get("WTF_CSRF_FIELD_NAME", "csrf_token") in fields
+    client.post(f"/admin/licenses/people/{jennifer}/block", data=fields)
+    assert person_state(app, "jennifer")[0] is False
+
+
+def test_a_walking_search_leaves_the_hosts_planner_settings_alone(postgres_app, monkeypatch):
+    """The walk runs without parallel workers on PostgreSQL; the host's later statements in
+    the same request keep the server's setting."""
+    monkeypatch.setattr(people, "NARROW_SEARCH", 1)  # every search walks
+    seen = []
+
+    @postgres_app.after_request
+    def host_statement(response):
+        statement = sa.text("show max_parallel_workers_per_gather")
+        seen.append(wsgi.db.session.execute(statement).scalar())
+        return response
+
+    with postgres_app.app_context():
+        default = wsgi.db.session.execute(sa.text("show max_parallel_workers_per_gather")).scalar()
+    client = postgres_app.test_client()
+    client.post("/login", data={"username": "admin", "password": PASSWORD})
+    response = client.get("/admin/licenses/people?q=adm")
+    assert response.status_code == 200 and "Administrator" in response.get_data(as_text=True)
+    assert seen[-1] == default

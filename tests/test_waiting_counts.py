@@ -8,6 +8,8 @@ on SQLite and on PostgreSQL, whose triggers are written separately.
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import sqlalchemy as sa
 from alembic import command
@@ -142,7 +144,9 @@ def test_recount_repairs_a_waiting_count_written_by_hand(any_app):
         for name in ("a1", "a2", "w1"):
             _add(session, name)
         session.commit()
-        session.execute(sa.text("update licenses_seat_counter set waiting = 40"))
+        seats.fold_waiting(session)  # one row per pool, as after a sync
+        session.commit()
+        session.execute(sa.text("update licenses_waiting_count set waiting = 40"))
         session.commit()
         findings = seats.recount(session, actor="t", now=utcnow())
         session.commit()
@@ -193,13 +197,156 @@ def test_the_migration_counts_the_people_already_waiting(tmp_path):
                 )
         schema.upgrade(engine)
         with engine.connect() as conn:
-            rows = conn.execute(sa.text("select pool, waiting from licenses_seat_counter"))
-            assert dict(rows.all()) == {"intranet": 2, "extranet": 1, "readonly": 0}
-        with engine.begin() as conn:  # and back: the triggers go with the column
+            rows = conn.execute(sa.text("select pool, tx, waiting from licenses_waiting_count"))
+            assert sorted(rows.all()) == [
+                ("extranet", 0, 1),
+                ("intranet", 0, 2),
+                ("readonly", 0, 0),
+            ]
+        with engine.begin() as conn:  # and back: the triggers go with the table
             command.downgrade(schema._config(conn), "0005_nfc_keys")
         with engine.begin() as conn:
-            conn.execute(sa.text("update licenses_profile set block_reason = null"))
-            columns = [c["name"] for c in sa.inspect(conn).get_columns("licenses_seat_counter")]
-        assert "waiting" not in columns
+            conn.execute(sa.text("update licenses_profile set block_reason = null"))  # no trigger
+            tables = sa.inspect(conn).get_table_names()
+        assert "licenses_waiting_count" not in tables
     finally:
         engine.dispose()
+
+
+# PostgreSQL: transactions that change who waits never wait for each other over the count --
+
+
+@pytest.fixture
+def full_pools(postgres_url, make_license, vendor_key, tmp_path):
+    """The demo app on PostgreSQL with one intranet and one extranet seat, both taken, and
+    one person waiting in each pool."""
+    app = demo_app_on(
+        postgres_url, vendor_key, make_license(intranet=1, extranet=1), tmp_path / "instance"
+    )
+    with app.app_context():
+        session = wsgi.db.session
+        for name, area in [("holder", "primary"), ("partner", "partners"),
+                           ("early", "primary"), ("earlyx", "partners")]:  # fmt: skip
+            _add(session, name, area)
+        session.commit()
+    yield app
+    with app.app_context():
+        wsgi.db.engine.dispose()
+
+
+def _in_threads(app, *work):
+    """Run each ``work(session, barrier)`` in a thread of its own with a session of its own,
+    with a lock timeout of 2 s; returns the errors, as 'Type: first line'."""
+    barrier = threading.Barrier(len(work), timeout=20)
+    errors = []
+
+    def run(job):
+        with app.app_context():
+            session = wsgi.db.session
+            session.execute(sa.text("SET lock_timeout = '2s'"))
+            try:
+                job(session, barrier)
+                session.commit()
+            except Exception as exc:  # the test reports it
+                session.rollback()
+                errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
+
+    threads = [threading.Thread(target=run, args=(job,)) for job in work]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return errors
+
+
+def test_two_transactions_making_people_wait_in_opposite_pools_do_not_deadlock(full_pools):
+    """Each transaction leaves one person waiting in each pool, in opposite orders (two
+    directory syncs at once): with the count on a row per pool, one of them deadlocked."""
+
+    def waits(first, second, name):
+        def job(session, barrier):
+            _add(session, f"{name}1", first)
+            barrier.wait()
+            _add(session, f"{name}2", second)
+
+        return job
+
+    errors = _in_threads(
+        full_pools, waits("primary", "partners", "a"), waits("partners", "primary", "b")
+    )
+    assert errors == []
+    _check(full_pools, 3, 3)
+
+
+def test_a_transaction_making_someone_wait_holds_up_nobody_in_that_pool(full_pools):
+    """While one transaction has left someone waiting in the intranet pool and not yet
+    committed, another frees an intranet seat, and a third makes someone wait there too."""
+    waited = threading.Event()
+    others_done = threading.Event()
+
+    def sync_like(session, barrier):
+        _add(session, "newcomer", "primary")
+        waited.set()
+        barrier.wait()
+        others_done.wait(10)
+
+    def release(session, barrier):
+        waited.wait(10)
+        barrier.wait()
+        seats.block(session, seats.find_person(session, "holder"), actor="t", now=utcnow(),
+                    path="t")  # fmt: skip
+        session.commit()
+        others_done.set()
+
+    def another_wait(session, barrier):
+        waited.wait(10)
+        barrier.wait()
+        _add(session, "late", "primary")
+
+    errors = _in_threads(full_pools, sync_like, release, another_wait)
+    assert errors == []
+    _check(full_pools, 3, 1)  # early, newcomer and late wait; holder is blocked by an admin
+
+
+def test_recount_keeps_waiting_changes_committed_while_it_runs(full_pools, monkeypatch):
+    """Two people start waiting (other workers, committed) while recount runs: one between
+    its fold and its count, one between its count and its write. Neither is lost nor
+    counted twice."""
+
+    def someone_waits(name):
+        def other_worker():
+            with full_pools.app_context():
+                _add(wsgi.db.session, name, "primary")
+                wsgi.db.session.commit()
+
+        thread = threading.Thread(target=other_worker)
+        thread.start()
+        thread.join(10)
+
+    real_fold, real_drift = seats.fold_waiting, seats._waiting_drift
+
+    def fold_then_someone_waits(session):
+        real_fold(session)
+        someone_waits("meanwhile1")
+
+    def count_then_someone_waits(session):
+        found = real_drift(session)
+        someone_waits("meanwhile2")
+        return found
+
+    monkeypatch.setattr(seats, "fold_waiting", fold_then_someone_waits)
+    monkeypatch.setattr(seats, "_waiting_drift", count_then_someone_waits)
+    with full_pools.app_context():
+        session = wsgi.db.session
+        findings = seats.recount(session, actor="t", now=utcnow())
+        session.commit()
+    monkeypatch.undo()
+    assert not [f for f in findings if "waiting" in f]
+    _check(full_pools, 3, 1)
+    with full_pools.app_context():
+        session = wsgi.db.session
+        seats.fold_waiting(session)
+        session.commit()
+        rows = session.execute(sa.text("select count(*) from licenses_waiting_count")).scalar()
+    assert rows == 3  # folded: one row per pool
+    _check(full_pools, 3, 1)

@@ -1,16 +1,21 @@
-"""People waiting for a license, counted per pool beside the seats in use.
+"""People waiting for a license, counted per pool by triggers (``licenses_waiting_count``).
 
 The License, summary and People pages show how many people wait in each pool. Counting
 them from an index took time in proportion to their number (0.6 ms for 16,667 on SQLite,
-on every page); the count now lives in ``licenses_seat_counter.waiting``, kept by triggers
-on ``licenses_profile`` so that every writer keeps it right: the seat service, the bulk
-paths' set-based statements, the host's own SQL. ``seats.recount`` checks it.
+1.2 ms on PostgreSQL, on every page); the count now lives in ``licenses_waiting_count``,
+kept by triggers on ``licenses_profile``, so that the seat service, the bulk paths'
+set-based statements and the host's own INSERT, UPDATE and DELETE statements all keep it
+right. (TRUNCATE, SQLite's ``INSERT OR REPLACE`` and a table rebuilt by a batch migration
+fire no such trigger: run ``flask licenses recount`` after them; ``tests/test_schema.py``
+checks that the triggers exist at the head revision.)
 
-A waiting person is a profile with ``block_reason = 'license'``; it counts in its ``pool``.
-One UPDATE per change, over the one or two pools concerned (a move locks both rows in one
-statement). On PostgreSQL a transaction that changes who waits in a pool holds that pool's
-counter row until it commits, as a transaction that takes a seat there does; the fast
-refusal of an admission at a full pool reads the row without waiting for it.
+A waiting person is a profile with ``block_reason = 'license'``; it counts in its ``pool``,
+and a pool's count is the sum of its rows. SQLite has one writer at a time: its triggers
+change the pool's row ``tx = 0``. On PostgreSQL a trigger adds the change to a row of its
+own transaction (``tx = txid_current()``): no transaction waits for another over the count,
+so two transactions that make people wait in two pools in opposite orders cannot deadlock,
+and none touches the seat counter rows that admissions lock. ``seats.fold_waiting`` adds
+committed rows into ``tx = 0`` (a directory sync and ``recount`` do).
 
 Revision ID: 0006_waiting_counts
 Revises: 0005_nfc_keys
@@ -26,9 +31,10 @@ branch_labels = None
 depends_on = None
 
 _FILL = """
-UPDATE licenses_seat_counter SET waiting = (
-    SELECT count(*) FROM licenses_profile p
-    WHERE p.block_reason = 'license' AND p.pool = licenses_seat_counter.pool)
+INSERT INTO licenses_waiting_count (pool, tx, waiting)
+SELECT c.pool, 0, (SELECT count(*) FROM licenses_profile p
+                   WHERE p.block_reason = 'license' AND p.pool = c.pool)
+FROM licenses_seat_counter c
 """
 
 # SQLite: one trigger per kind of change, the same arithmetic. "was" and "now" are the pool
@@ -40,23 +46,23 @@ _SQLITE = [
 CREATE TRIGGER licenses_waiting_insert AFTER INSERT ON licenses_profile
 WHEN NEW.block_reason = 'license'
 BEGIN
-    UPDATE licenses_seat_counter SET waiting = waiting + 1 WHERE pool = NEW.pool;
+    UPDATE licenses_waiting_count SET waiting = waiting + 1 WHERE pool = NEW.pool AND tx = 0;
 END
 """,
     """
 CREATE TRIGGER licenses_waiting_delete AFTER DELETE ON licenses_profile
 WHEN OLD.block_reason = 'license'
 BEGIN
-    UPDATE licenses_seat_counter SET waiting = waiting - 1 WHERE pool = OLD.pool;
+    UPDATE licenses_waiting_count SET waiting = waiting - 1 WHERE pool = OLD.pool AND tx = 0;
 END
 """,
     f"""
 CREATE TRIGGER licenses_waiting_update AFTER UPDATE OF block_reason, pool ON licenses_profile
 WHEN {_SQLITE_WAS} IS NOT {_SQLITE_NOW}
 BEGIN
-    UPDATE licenses_seat_counter
+    UPDATE licenses_waiting_count
     SET waiting = waiting - (pool IS {_SQLITE_WAS}) + (pool IS {_SQLITE_NOW})
-    WHERE pool IN (OLD.pool, NEW.pool);
+    WHERE pool IN (OLD.pool, NEW.pool) AND tx = 0;
 END
 """,
 ]
@@ -71,10 +77,16 @@ BEGIN
     IF TG_OP <> 'INSERT' AND OLD.block_reason = 'license' THEN was := OLD.pool; END IF;
     IF TG_OP <> 'DELETE' AND NEW.block_reason = 'license' THEN now_ := NEW.pool; END IF;
     IF was IS DISTINCT FROM now_ THEN
-        UPDATE licenses_seat_counter
-        SET waiting = waiting - (pool IS NOT DISTINCT FROM was)::int
-                              + (pool IS NOT DISTINCT FROM now_)::int
-        WHERE pool IN (was, now_);
+        IF was IS NOT NULL THEN
+            INSERT INTO licenses_waiting_count AS c (pool, tx, waiting)
+            VALUES (was, txid_current(), -1)
+            ON CONFLICT (pool, tx) DO UPDATE SET waiting = c.waiting - 1;
+        END IF;
+        IF now_ IS NOT NULL THEN
+            INSERT INTO licenses_waiting_count AS c (pool, tx, waiting)
+            VALUES (now_, txid_current(), 1)
+            ON CONFLICT (pool, tx) DO UPDATE SET waiting = c.waiting + 1;
+        END IF;
     END IF;
     RETURN NULL;
 END
@@ -95,7 +107,8 @@ EXECUTE FUNCTION licenses_count_waiting()
 """,
 ]
 
-_TRIGGERS = ("licenses_waiting_insert", "licenses_waiting_delete", "licenses_waiting_update")
+#: The triggers, by name (``tests/test_schema.py`` checks they exist at the head revision).
+TRIGGERS = ("licenses_waiting_insert", "licenses_waiting_delete", "licenses_waiting_update")
 
 
 def _statements() -> list[str]:
@@ -109,9 +122,12 @@ def _statements() -> list[str]:
 
 def upgrade():
     statements = _statements()
-    op.add_column(
-        "licenses_seat_counter",
-        sa.Column("waiting", sa.Integer(), nullable=False, server_default="0"),
+    op.create_table(
+        "licenses_waiting_count",
+        sa.Column("pool", sa.String(length=16), nullable=False),
+        sa.Column("tx", sa.BigInteger(), autoincrement=False, nullable=False),
+        sa.Column("waiting", sa.Integer(), nullable=False),
+        sa.PrimaryKeyConstraint("pool", "tx", name=op.f("pk_licenses_waiting_count")),
     )
     op.execute(_FILL)
     for statement in statements:
@@ -120,9 +136,8 @@ def upgrade():
 
 def downgrade():
     postgres = op.get_bind().dialect.name == "postgresql"
-    for name in _TRIGGERS:
+    for name in TRIGGERS:
         op.execute(f"DROP TRIGGER {name}" + (" ON licenses_profile" if postgres else ""))
     if postgres:
         op.execute("DROP FUNCTION licenses_count_waiting()")
-    with op.batch_alter_table("licenses_seat_counter") as batch_op:
-        batch_op.drop_column("waiting")
+    op.drop_table("licenses_waiting_count")
