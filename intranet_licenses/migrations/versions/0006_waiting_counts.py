@@ -69,7 +69,7 @@ END
 
 _POSTGRES = [
     """
-CREATE FUNCTION licenses_count_waiting() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION licenses_count_waiting() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     was text;
     now_ text;
