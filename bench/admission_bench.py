@@ -177,6 +177,39 @@ def _bare_audited(url, keys, worker, count, seat_count, barrier, results):
     _bare_loop(url, keys, worker, count, seat_count, barrier, results, audited=True)
 
 
+def bare_attempt(conn, name: str, seat_count: int, *, audited: bool = False) -> tuple[bool, int]:
+    """One attempt of the bare loop on a psycopg connection: (admitted, round trips)."""
+    with conn.transaction():  # BEGIN ... COMMIT
+        round_trips = 3
+        cur = conn.execute(
+            "update licenses_seat_counter set used = used + 1 "
+            "where pool = 'intranet' and used + 1 <= %s",
+            (seat_count,),
+        )
+        if cur.rowcount != 1:
+            if audited:
+                conn.execute(_AUDIT_ROW, (name, "refused", "The intranet pool is full."))
+                round_trips += 1
+            return False, round_trips
+        if audited:
+            conn.execute(_AUDIT_ROW, (name, "ok", ""))
+            round_trips += 1
+        user_id = conn.execute(
+            "insert into users (username, first_name, surname, email, active, "
+            "is_sysadmin, is_people_admin, created_at) "
+            "values (%s, 'Bench', 'Mark', '', true, false, false, now()) returning id",
+            (name,),
+        ).fetchone()[0]
+        conn.execute(
+            "insert into licenses_profile (user_id, area, readonly, pool, seat_pool, "
+            "exempt, source, created_at, username_key, first_name_key, surname_key, "
+            "email_key) values (%s, 'primary', false, 'intranet', 'intranet', false, "
+            "'host', now(), %s, 'bench', 'mark', '')",
+            (user_id, name),
+        )
+        return True, round_trips + 2
+
+
 def _bare_loop(url, _keys, worker, count, seat_count, barrier, results, *, audited):
     dsn = sa.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
     admitted = 0
@@ -185,36 +218,9 @@ def _bare_loop(url, _keys, worker, count, seat_count, barrier, results, *, audit
         barrier.wait(timeout=300)
         started = last_admission = time.time()
         for n in range(count):
-            with conn.transaction():  # BEGIN ... COMMIT
-                round_trips += 3
-                cur = conn.execute(
-                    "update licenses_seat_counter set used = used + 1 "
-                    "where pool = 'intranet' and used + 1 <= %s",
-                    (seat_count,),
-                )
-                name = f"b{worker}_{n}"
-                if cur.rowcount != 1:
-                    if audited:
-                        conn.execute(_AUDIT_ROW, (name, "refused", "The intranet pool is full."))
-                        round_trips += 1
-                    continue
-                if audited:
-                    conn.execute(_AUDIT_ROW, (name, "ok", ""))
-                    round_trips += 1
-                user_id = conn.execute(
-                    "insert into users (username, first_name, surname, email, active, "
-                    "is_sysadmin, is_people_admin, created_at) "
-                    "values (%s, 'Bench', 'Mark', '', true, false, false, now()) returning id",
-                    (name,),
-                ).fetchone()[0]
-                conn.execute(
-                    "insert into licenses_profile (user_id, area, readonly, pool, seat_pool, "
-                    "exempt, source, created_at, username_key, first_name_key, surname_key, "
-                    "email_key) values (%s, 'primary', false, 'intranet', 'intranet', false, "
-                    "'host', now(), %s, 'bench', 'mark', '')",
-                    (user_id, name),
-                )
-                round_trips += 2
+            ok, trips = bare_attempt(conn, f"b{worker}_{n}", seat_count, audited=audited)
+            round_trips += trips
+            if ok:
                 admitted += 1
                 last_admission = time.time()
         finished = time.time()

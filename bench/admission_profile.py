@@ -82,29 +82,8 @@ class _Cpu:
 
 
 def _bare_attempt(conn, name: str, seat_count: int) -> bool:
-    """The bare loop's attempt (bench/admission_bench.py's _bare, once); True if admitted."""
-    with conn.transaction():
-        cur = conn.execute(
-            "update licenses_seat_counter set used = used + 1 "
-            "where pool = 'intranet' and used + 1 <= %s",
-            (seat_count,),
-        )
-        if cur.rowcount != 1:
-            return False
-        user_id = conn.execute(
-            "insert into users (username, first_name, surname, email, active, "
-            "is_sysadmin, is_people_admin, created_at) "
-            "values (%s, 'Bench', 'Mark', '', true, false, false, now()) returning id",
-            (name,),
-        ).fetchone()[0]
-        conn.execute(
-            "insert into licenses_profile (user_id, area, readonly, pool, seat_pool, "
-            "exempt, source, created_at, username_key, first_name_key, surname_key, "
-            "email_key) values (%s, 'primary', false, 'intranet', 'intranet', false, "
-            "'host', now(), %s, 'bench', 'mark', '')",
-            (user_id, name),
-        )
-        return True
+    """The bare loop's attempt (bench/admission_bench.py's, once); True if admitted."""
+    return bench.bare_attempt(conn, name, seat_count)[0]
 
 
 def _floor(session, attempts: int) -> None:
@@ -145,6 +124,14 @@ def _floor(session, attempts: int) -> None:
             one(n)
         python = (time.process_time() - python) / attempts
         print(f"floor of a refusal, {label:14}: Python {python * 1e3:.3f} ms")
+
+
+def _again(server: str, url: str, keys, seat_count: int) -> str:
+    """Drop the database at ``url``; a fresh one, prepared as the race's (its URL)."""
+    bench.drop_database(server, url)
+    url = bench.fresh_database(server)
+    bench.prepare(url, keys, seat_count)
+    return url
 
 
 def _bare_cpu(url: str, seats: int, attempts: int) -> None:
@@ -230,9 +217,7 @@ def main() -> None:
             engine.dispose()
 
         # The same loop again, CPU per attempt (no statement listeners), on a fresh database.
-        bench.drop_database(server, url)
-        url = bench.fresh_database(server)
-        bench.prepare(url, keys, options.seats)
+        url = _again(server, url, keys, options.seats)
         app = bench.make_app(url, keys)
         with app.app_context():
             session = wsgi.db.session
@@ -246,15 +231,11 @@ def main() -> None:
             if options.floor:
                 _floor(session, options.attempts)
             wsgi.db.engine.dispose()
-        bench.drop_database(server, url)
-        url = bench.fresh_database(server)
-        bench.prepare(url, keys, options.seats)
+        url = _again(server, url, keys, options.seats)
         _bare_cpu(url, options.seats, options.attempts)
 
         # The same loop again, profiled, on a fresh database.
-        bench.drop_database(server, url)
-        url = bench.fresh_database(server)
-        bench.prepare(url, keys, options.seats)
+        url = _again(server, url, keys, options.seats)
         app = bench.make_app(url, keys)
         with app.app_context():
             session = wsgi.db.session
