@@ -203,32 +203,32 @@ def _waiting_column(pool: str):
     return select(func.coalesce(func.sum(_waiting.c.waiting), 0)).where(_waiting.c.pool == pool)
 
 
-def _counted_waiting(session) -> dict[str, int]:
-    """People awaiting a license, per pool, counted from the profiles (for ``recount``)."""
-    rows = session.execute(
-        select(Profile.pool, func.count())
-        .where(Profile.block_reason == AWAITING_LICENSE)
-        .group_by(Profile.pool)
-    ).all()
-    found = dict(rows)
-    return {pool: found.get(pool, 0) for pool in POOLS}
-
-
-def fold_waiting(session) -> None:
+def fold_waiting(session, *, skip_locked: bool = False) -> None:
     """Add the waiting-count rows that transactions wrote (PostgreSQL) into each pool's
     ``tx`` 0 row (see ``models.WaitingCount``): a pool's rows stay few.
 
-    The ``tx`` 0 rows are locked first, in pool order, so two folds take turns; a row of a
-    transaction still running is not visible, and stays for the next fold. Call it at the
-    end of a transaction, when it holds no lock another transaction might wait on it for.
+    The ``tx`` 0 rows are locked first, in pool order, so two folds take turns (with
+    ``skip_locked``, a pool whose row another fold holds is left for later: no wait at
+    all); a row of a transaction still running is not visible, and stays for the next
+    fold. Without ``skip_locked``, call it at the end of a transaction, when it holds no
+    lock another transaction might wait on it for.
     """
     conn = session.connection()
     base = _waiting.c.tx == 0
-    conn.execute(select(_waiting.c.pool).where(base).order_by(_waiting.c.pool).with_for_update())
+    held = (
+        conn.execute(
+            select(_waiting.c.pool)
+            .where(base)
+            .order_by(_waiting.c.pool)
+            .with_for_update(skip_locked=skip_locked)
+        )
+        .scalars()
+        .all()
+    )
     folded: Counter[str] = Counter()
     for pool, change in conn.execute(
         sa_delete(_waiting)
-        .where(_waiting.c.tx != 0)
+        .where(_waiting.c.tx != 0, _waiting.c.pool.in_(held))
         .returning(_waiting.c.pool, _waiting.c.waiting)
     ):
         folded[pool] += change
@@ -433,6 +433,40 @@ def install_safety_net() -> None:
     if not event.contains(Session, "before_flush", _reconcile):
         event.listen(Session, "before_flush", _reconcile)
         event.listen(Session, "after_flush", _insert_new_profiles)
+        event.listen(Session, "after_flush", _note_waiting_changes)
+        event.listen(Session, "before_commit", _fold_before_commit)
+
+
+#: session.info: this transaction changed who waits for a license (see _fold_before_commit).
+_WAITING_CHANGED = "licenses_waiting_changed"
+
+
+def _note_waiting_changes(session, flush_context) -> None:
+    """after_flush: note a flush that made a person start or stop waiting, or moved one."""
+    if session.info.get(_WAITING_CHANGED):
+        return
+    for obj in (*session.dirty, *session.deleted):
+        if isinstance(obj, Profile):
+            state = inspect(obj)
+            reasons = state.attrs.block_reason.history
+            waited = AWAITING_LICENSE in (*reasons.added, *reasons.deleted)
+            if waited or (obj.block_reason == AWAITING_LICENSE and obj in session.deleted):
+                session.info[_WAITING_CHANGED] = True
+                return
+            if obj.block_reason == AWAITING_LICENSE and state.attrs.pool.history.has_changes():
+                session.info[_WAITING_CHANGED] = True
+                return
+
+
+def _fold_before_commit(session) -> None:
+    """before_commit: a transaction that changed who waits folds the waiting-count rows of
+    the transactions before it (PostgreSQL), so that a pool's rows stay few without a sync
+    or a recount. It skips a pool whose folded row another fold holds, so it never waits."""
+    if not session.info.pop(_WAITING_CHANGED, False) or not session.in_transaction():
+        return
+    if session.connection().dialect.name == "postgresql":
+        session.flush()  # the transaction's own writes first: the fold is its last statement
+        fold_waiting(session, skip_locked=True)
 
 
 def _key(value) -> str:
@@ -1021,6 +1055,7 @@ def add_person(
     inspect(user).info["licenses_profile"].update(block_reason=AWAITING_LICENSE, waiting_since=now)
     session.add(user)
     _flush(session, now)
+    session.info[_WAITING_CHANGED] = True  # a new profile (written by Core) that waits
     notifications.exceeded(
         session,
         pool=pool,
@@ -1227,11 +1262,15 @@ def recount(session, *, actor: str, now: datetime) -> list[str]:
     """
     ad = adapter()
     findings: list[str] = []
-    # Hold the counters (in pool order) from the start: an admission or release that
-    # committed between the count below and its write would otherwise be overwritten.
-    session.connection().execute(
-        select(_counters.c.pool).order_by(_counters.c.pool).with_for_update()
-    ).all()
+    # Hold the counters from the start: an admission or release that committed between
+    # the count below and its write would otherwise be overwritten. On PostgreSQL a table
+    # lock, not row locks one by one: a transaction that holds one counter row and takes
+    # another later (a sync, batch by batch) finishes first, instead of deadlocking with a
+    # recount that holds the other row.
+    conn = session.connection()
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("LOCK TABLE licenses_seat_counter IN SHARE ROW EXCLUSIVE MODE")
+    conn.execute(select(_counters.c.pool).order_by(_counters.c.pool).with_for_update()).all()
     id_col = ad.column("id")
     missing = session.execute(
         select(ad.model).where(~id_col.in_(select(Profile.user_id)))

@@ -9,6 +9,7 @@ on SQLite and on PostgreSQL, whose triggers are written separately.
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import sqlalchemy as sa
@@ -17,7 +18,7 @@ from conftest import PASSWORD, demo_app_on
 
 import wsgi
 from intranet_licenses import schema, seats
-from intranet_licenses.models import AWAITING_LICENSE, BLOCKED_BY_ADMIN, utcnow
+from intranet_licenses.models import AWAITING_LICENSE, BLOCKED_BY_ADMIN, POOLS, Profile, utcnow
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -53,7 +54,17 @@ def _counts(app) -> tuple[dict[str, int], dict[str, int]]:
     """(the stored waiting counts, the same counted from the profiles), committed state."""
     with app.app_context():
         session = wsgi.db.session
-        return seats.waiting(session), seats._counted_waiting(session)
+        return seats.waiting(session), _counted(session)
+
+
+def _counted(session) -> dict[str, int]:
+    """The people awaiting a license per pool, counted from the profiles."""
+    rows = session.execute(
+        sa.select(Profile.pool, sa.func.count())
+        .where(Profile.block_reason == AWAITING_LICENSE)
+        .group_by(Profile.pool)
+    ).all()
+    return {pool: dict(rows).get(pool, 0) for pool in POOLS}
 
 
 def _check(app, intranet: int, extranet: int = 0) -> None:
@@ -325,9 +336,10 @@ def test_recount_keeps_waiting_changes_committed_while_it_runs(full_pools, monke
 
     real_fold, real_drift = seats.fold_waiting, seats._waiting_drift
 
-    def fold_then_someone_waits(session):
-        real_fold(session)
-        someone_waits("meanwhile1")
+    def fold_then_someone_waits(session, **options):
+        real_fold(session, **options)
+        if not options:  # recount's fold, not the other worker's own at its commit
+            someone_waits("meanwhile1")
 
     def count_then_someone_waits(session):
         found = real_drift(session)
@@ -350,3 +362,62 @@ def test_recount_keeps_waiting_changes_committed_while_it_runs(full_pools, monke
         rows = session.execute(sa.text("select count(*) from licenses_waiting_count")).scalar()
     assert rows == 3  # folded: one row per pool
     _check(full_pools, 3, 1)
+
+
+def test_the_rows_of_a_pool_stay_few_without_a_sync(full_pools):
+    """Each transaction that changes who waits folds the rows of the ones before it."""
+    for turn in range(30):
+        with full_pools.app_context():
+            session = wsgi.db.session
+            area = "partners" if turn % 2 == 0 else "primary"
+            person = seats.find_person(session, "early")
+            seats.move(session, person, area=area, readonly=False, actor="t", now=utcnow(),
+                       path="t")  # fmt: skip
+            session.commit()
+    with full_pools.app_context():
+        rows = wsgi.db.session.execute(sa.text("select count(*) from licenses_waiting_count"))
+        assert rows.scalar() <= 6  # the three folded rows, and the last transaction's
+    _check(full_pools, 1, 1)
+
+
+@pytest.mark.parametrize("first,second", [("primary", "partners"), ("partners", "primary")])
+def test_recount_during_a_sync_that_takes_two_pools_does_not_deadlock(
+    postgres_url, make_license, vendor_key, tmp_path, first, second
+):
+    """A sync's transaction admits into one pool (one flush) and later into the other, as
+    it does batch by batch; a recount starts in between. It waits for the sync instead of
+    holding the other pool's counter (with row locks one by one, one order deadlocked)."""
+    app = demo_app_on(postgres_url, vendor_key, make_license(intranet=10, extranet=10),
+                      tmp_path / "instance")  # fmt: skip
+    errors = []
+    started = threading.Event()
+
+    def recounter():
+        with app.app_context():
+            session = wsgi.db.session
+            started.set()
+            try:
+                seats.recount(session, actor="t", now=utcnow())
+                session.commit()
+            except Exception as exc:  # the test reports it
+                session.rollback()
+                errors.append(f"recount: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+
+    try:
+        with app.app_context():
+            session = wsgi.db.session
+            _add(session, "a1", first)
+            session.flush()
+            thread = threading.Thread(target=recounter)
+            thread.start()
+            started.wait(10)
+            time.sleep(0.5)  # the recount is waiting for the counters now
+            _add(session, "a2", second)
+            session.commit()
+            thread.join(30)
+        assert errors == []
+        with app.app_context():
+            assert seats.usage(wsgi.db.session) == {"intranet": 1, "extranet": 1, "readonly": 0}
+    finally:
+        with app.app_context():
+            wsgi.db.engine.dispose()

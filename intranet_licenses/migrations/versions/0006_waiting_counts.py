@@ -15,7 +15,8 @@ change the pool's row ``tx = 0``. On PostgreSQL a trigger adds the change to a r
 own transaction (``tx = txid_current()``): no transaction waits for another over the count,
 so two transactions that make people wait in two pools in opposite orders cannot deadlock,
 and none touches the seat counter rows that admissions lock. ``seats.fold_waiting`` adds
-committed rows into ``tx = 0`` (a directory sync and ``recount`` do).
+committed rows into ``tx = 0``: every transaction that changed who waits does at its commit
+(skipping a pool another fold holds), and so do a directory sync and ``recount``.
 
 Revision ID: 0006_waiting_counts
 Revises: 0005_nfc_keys
