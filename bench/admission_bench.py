@@ -67,6 +67,15 @@ def config(url: str, keys: Path) -> dict:
     }
 
 
+def vendor_keys(prefix: str) -> Path:
+    """A scratch folder holding a new vendor key pair (private.pem, public.pem)."""
+    keys = Path(tempfile.mkdtemp(prefix=prefix))
+    private_pem, public_pem = generate_key_pair()
+    (keys / "private.pem").write_bytes(private_pem)
+    (keys / "public.pem").write_bytes(public_pem)
+    return keys
+
+
 def make_app(url: str, keys: Path):
     return wsgi.create_app(config(url, Path(keys)), instance_path=str(Path(keys) / "instance"))
 
@@ -281,10 +290,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     options = parser.parse_args()
     server = options.url.replace("postgresql://", "postgresql+psycopg://", 1)
-    keys = Path(tempfile.mkdtemp(prefix="admission-bench-"))
-    private_pem, public_pem = generate_key_pair()
-    (keys / "private.pem").write_bytes(private_pem)
-    (keys / "public.pem").write_bytes(public_pem)
+    keys = vendor_keys("admission-bench-")
 
     names = ("bare", "audited", "ours")
     rates = {name: [] for name in names}

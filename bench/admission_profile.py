@@ -21,7 +21,6 @@ import argparse
 import cProfile
 import pstats
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -36,7 +35,6 @@ import admission_bench as bench  # noqa: E402
 
 import wsgi  # noqa: E402
 from intranet_licenses import audit, seats  # noqa: E402
-from intranet_licenses.license_file import generate_key_pair  # noqa: E402
 from intranet_licenses.models import utcnow  # noqa: E402
 
 
@@ -153,10 +151,7 @@ def main() -> None:
     parser.add_argument("--floor", action="store_true", help="time a refusal's statements alone")
     options = parser.parse_args()
     server = options.url.replace("postgresql://", "postgresql+psycopg://", 1)
-    keys = Path(tempfile.mkdtemp(prefix="admission-profile-"))
-    private_pem, public_pem = generate_key_pair()
-    (keys / "private.pem").write_bytes(private_pem)
-    (keys / "public.pem").write_bytes(public_pem)
+    keys = bench.vendor_keys("admission-profile-")
 
     url = bench.fresh_database(server)
     try:

@@ -33,7 +33,7 @@ from datetime import datetime, timedelta
 
 from flask import after_this_request, current_app, g, has_app_context, has_request_context
 from flask_mail import Connection, Mail, Message
-from sqlalchemy import and_, event, or_, select, union_all, update
+from sqlalchemy import Row, and_, event, or_, select, union_all, update
 from sqlalchemy.orm import Session
 
 from .extension import adapter, config
@@ -326,9 +326,9 @@ def _send_one(engine, message_id: int, me: str, timeout: float, report, retry_no
 class OutboxState:
     """Rows of ``licenses_outbox`` (attributes named as OutboxMessage's), for the page."""
 
-    last_sent: object | None
-    waiting: list
-    failed: list
+    last_sent: Row | None
+    waiting: list[Row]
+    failed: list[Row]
 
 
 #: What the License page shows of a message (not the bodies: 50 unsent messages are read).

@@ -446,16 +446,18 @@ def _note_waiting_changes(session, flush_context) -> None:
     if session.info.get(_WAITING_CHANGED):
         return
     for obj in (*session.dirty, *session.deleted):
-        if isinstance(obj, Profile):
-            state = inspect(obj)
-            reasons = state.attrs.block_reason.history
-            waited = AWAITING_LICENSE in (*reasons.added, *reasons.deleted)
-            if waited or (obj.block_reason == AWAITING_LICENSE and obj in session.deleted):
-                session.info[_WAITING_CHANGED] = True
-                return
-            if obj.block_reason == AWAITING_LICENSE and state.attrs.pool.history.has_changes():
-                session.info[_WAITING_CHANGED] = True
-                return
+        if not isinstance(obj, Profile):
+            continue
+        state = inspect(obj)
+        reasons = state.attrs.block_reason.history
+        waits = obj.block_reason == AWAITING_LICENSE
+        if (
+            AWAITING_LICENSE in (*reasons.added, *reasons.deleted)
+            or (waits and obj in session.deleted)
+            or (waits and state.attrs.pool.history.has_changes())
+        ):
+            session.info[_WAITING_CHANGED] = True
+            return
 
 
 def _fold_before_commit(session) -> None:
