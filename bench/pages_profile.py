@@ -11,9 +11,10 @@ It builds (or reuses) the benchmark database of ``--size`` profiles in ``--folde
 (pass that run's ``--folder`` too, for its instance folder). It makes the demo app on it
 (CSRF on, as in production), signs the Flask test client in as the administrator (the
 session's user id), and for each page prints the median and the least time of one request
-over ``--requests`` requests, in CPU time of this thread: other jobs on the machine change
-wall-clock times a lot and CPU time much less, and the least is the least disturbed. (On
-PostgreSQL the server's own CPU is not in it.) ``--profile PATH`` (repeatable, e.g.
+over ``--requests`` requests, in CPU time of this thread (with the SQL statements per request,
+and on PostgreSQL the server backend's CPU per request): other jobs on the machine change
+wall-clock times a lot and CPU time much less, and the least is the least disturbed (the
+server's CPU is a mean over the requests). ``--profile PATH`` (repeatable, e.g.
 ``/hello`` or ``/admin/licenses/people``) also prints the ``--top`` functions by own and
 cumulative time (cProfile) for those pages. No server, no network: a page's own Python.
 """
@@ -29,6 +30,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import sqlalchemy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pages_bench import pages  # noqa: E402
@@ -56,6 +59,9 @@ def main() -> None:
     client = app.test_client()
     with client.session_transaction() as session:
         session["user_id"] = 1  # the administrator account
+    engine = _engine(app)
+    statements = _count_statements(engine)
+    backend = _backend_cpu(app, engine)
     base = None
     for _, path, expected in pages(args.size):
         response = client.get(path)
@@ -63,15 +69,20 @@ def main() -> None:
         for _ in range(20):  # warm up: templates compiled, statements cached
             client.get(path)
         times = []
+        statements[0] = 0
+        server = backend()
         for _ in range(args.requests):
             began = time.thread_time()
             client.get(path)
             times.append(time.thread_time() - began)
+        server = (backend() - server) / args.requests
         median, least = statistics.median(times), min(times)
         base = base or (median, least)  # the first page is the trivial one
         print(
             f"{path:<42} CPU median {median * 1000:6.2f} ms ({median / base[0]:4.1f} x /hello),"
-            f" least {least * 1000:6.2f} ms ({least / base[1]:4.1f} x)",
+            f" least {least * 1000:6.2f} ms ({least / base[1]:4.1f} x),"
+            f" {statements[0] / args.requests:.0f} statements"
+            + (f", server {server * 1000:.2f} ms" if server else ""),
             flush=True,
         )
     for path in args.profile:
@@ -84,6 +95,33 @@ def main() -> None:
             out = io.StringIO()
             pstats.Stats(profiler, stream=out).sort_stats(order).print_stats(args.top)
             print(f"\n== {path}, {args.requests} requests, by {order}\n{out.getvalue()}")
+
+
+def _engine(app):
+    with app.app_context():
+        return app.extensions["sqlalchemy"].engine
+
+
+def _count_statements(engine) -> list[int]:
+    """[statements run], counted by a before_cursor_execute listener."""
+    counted = [0]
+
+    def one(*_args, **_kwargs):
+        counted[0] += 1
+
+    sqlalchemy.event.listen(engine, "before_cursor_execute", one)
+    return counted
+
+
+def _backend_cpu(app, engine):
+    """A function giving the CPU seconds so far of the PostgreSQL backend serving the app
+    (the test client's requests run one at a time, on one pooled connection); 0 on SQLite."""
+    if engine.dialect.name != "postgresql":
+        return lambda: 0.0
+    with app.app_context(), engine.connect() as conn:
+        pid = conn.execute(sqlalchemy.text("select pg_backend_pid()")).scalar_one()
+    schedstat = Path(f"/proc/{pid}/schedstat")
+    return lambda: int(schedstat.read_text().split()[0]) / 1e9
 
 
 if __name__ == "__main__":

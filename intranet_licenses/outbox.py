@@ -33,7 +33,7 @@ from datetime import datetime, timedelta
 
 from flask import after_this_request, current_app, g, has_app_context, has_request_context
 from flask_mail import Connection, Mail, Message
-from sqlalchemy import Row, and_, event, or_, select, union_all, update
+from sqlalchemy import Row, and_, event, or_, select, update
 from sqlalchemy.orm import Session
 
 from .extension import adapter, config
@@ -338,27 +338,43 @@ _SHOWN = (
 )  # fmt: skip
 
 
+#: How many unsent messages the License page lists.
+_UNSENT_SHOWN = 50
+
+
 @functools.cache
 def _state_statement(kinds: tuple[str, ...] | None):
-    """The last message sent and the first 50 unsent ones, in one statement built once (the
-    License page runs it on every view; building it cost more than running it)."""
+    """The last message sent and the first unsent ones, in one statement built once (the
+    License page runs it on every view; building it cost more than running it).
 
-    def of_kinds(statement):
-        return statement.where(_table.c.kind.in_(kinds)) if kinds else statement
+    One select with an OR rather than a union of two ordered selects: PostgreSQL plans it
+    on every view (see ``seats._figures_statements``), and the union took twice as long to
+    plan (0.14 ms of server CPU, now 0.06).
+    """
 
+    def of_kinds(condition):
+        return and_(condition, _table.c.kind.in_(kinds)) if kinds else condition
+
+    last_sent = (
+        select(_table.c.id)
+        .where(of_kinds(_table.c.sent_at.is_not(None)))
+        .order_by(_table.c.sent_at.desc(), _table.c.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
     shown = [_table.c[name] for name in _SHOWN]
-    last = of_kinds(select(*shown).where(_table.c.sent_at.is_not(None)))
-    last = last.order_by(_table.c.sent_at.desc(), _table.c.id.desc()).limit(1)
-    unsent = of_kinds(select(*shown).where(_table.c.sent_at.is_(None)))
-    unsent = unsent.order_by(_table.c.id).limit(50)
-    both = union_all(select(last.subquery()), select(unsent.subquery())).subquery()
-    return select(both).order_by(both.c.sent_at.is_(None), both.c.id)
+    return (
+        select(*shown)
+        .where(or_(of_kinds(_table.c.sent_at.is_(None)), _table.c.id == last_sent))
+        .order_by(_table.c.sent_at.is_(None), _table.c.id)
+        .limit(_UNSENT_SHOWN + 1)  # the last one sent comes first
+    )
 
 
 def state(session, *, kinds: tuple[str, ...] | None = None) -> OutboxState:
     """The last message sent, and the unsent ones (waiting: never tried; failed: tried)."""
     rows = session.connection().execute(_state_statement(kinds)).all()
-    unsent = [row for row in rows if row.sent_at is None]
+    unsent = [row for row in rows if row.sent_at is None][:_UNSENT_SHOWN]
     return OutboxState(
         last_sent=next((row for row in rows if row.sent_at is not None), None),
         waiting=[m for m in unsent if not m.attempts],

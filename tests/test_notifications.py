@@ -795,3 +795,50 @@ def test_a_refused_visit_to_a_figure_page_still_notices(mail_app, smtp_server, a
     with mail_app.app_context():
         seen = wsgi.db.session.get(Setting, notifications.LICENSE_STATE).value
     assert seen != "valid"
+
+
+def _outbox_state_on(app):
+    """outbox.state over 3 sent messages (the newest sent has the lowest id) and 55 unsent
+    ones (every third tried already); all and only the unsent are requests but the last 3."""
+    base = datetime(2026, 12, 1, 9, 0)
+    with app.app_context():
+        session = wsgi.db.session
+        for n, sent in enumerate((base + timedelta(hours=3), base, base + timedelta(hours=1))):
+            session.add(_message("exceeded", created=base, sent_at=sent, subject=f"sent {n}"))
+        for n in range(55):
+            tried = n % 3 == 0
+            session.add(
+                _message("request" if n < 52 else "exceeded", created=base, attempts=int(tried),
+                         subject=f"unsent {n}")
+            )  # fmt: skip
+        session.commit()
+        return outbox.state(session), outbox.state(session, kinds=("request",))
+
+
+def _message(kind, *, created, sent_at=None, attempts=0, subject):
+    return OutboxMessage(
+        kind=kind, recipient="it@example.com", subject=subject, text="", created_at=created,
+        attempts=attempts, next_attempt_at=created, sent_at=sent_at,
+    )  # fmt: skip
+
+
+def _check_outbox_state(everything, requests):
+    assert everything.last_sent.subject == "sent 0"  # the newest sent, not the highest id
+    unsent = everything.waiting + everything.failed
+    assert len(unsent) == 50  # the first 50 unsent, by id
+    assert sorted(m.subject for m in unsent) == sorted(f"unsent {n}" for n in range(50))
+    assert all(m.attempts == 0 for m in everything.waiting)
+    assert {m.subject for m in everything.failed} == {f"unsent {n}" for n in range(0, 50, 3)}
+    assert requests.last_sent is None  # no request message was sent: 50 of the 52 unsent
+    assert {m.subject for m in requests.waiting + requests.failed} == {
+        f"unsent {n}" for n in range(50)
+    }
+
+
+def test_outbox_state_lists_the_last_sent_and_the_first_unsent(app):
+    _check_outbox_state(*_outbox_state_on(app))
+
+
+@pytest.mark.postgres
+def test_outbox_state_on_postgresql(pg_app):
+    _check_outbox_state(*_outbox_state_on(pg_app))

@@ -802,3 +802,25 @@ def test_a_seat_taken_between_the_reading_and_the_update_is_refused_and_audited_
     assert rows == [("winner", "ok"), ("loser", "refused")]
     assert usage(app)["intranet"] == 1
     assert count_users(app) == 2  # the administrator and the winner
+
+
+def test_the_figures_read_every_pool_and_a_database_without_counter_rows(
+    app, install_license, make_person
+):
+    install_license(intranet=5, extranet=3)
+    make_person("ann")
+    make_person("bob")
+    make_person("eve", area="partners")
+    make_person("wai", area="partners", blocked=AWAITING_LICENSE)
+    make_person("cid", readonly=True, blocked=AWAITING_LICENSE)
+    with app.app_context():
+        session = wsgi.db.session
+        reading = seats.license_and_figures(session, utcnow())
+        shown = [(f.pool, f.used, f.limit, f.waiting) for f in reading.figures]
+        assert shown == [("intranet", 2, 5, 0), ("extranet", 1, 3, 1), ("readonly", 0, 10, 1)]
+        assert reading.current.status.valid and reading.license_state_seen == "valid"
+        session.execute(sa.delete(SeatCounter))  # a broken schema: the pages still show
+        reading = seats.license_and_figures(session, utcnow())
+        assert [(f.used, f.waiting) for f in reading.figures] == [(0, 0)] * 3
+        assert reading.current.status.valid and reading.license_state_seen == "valid"
+        session.rollback()
