@@ -1228,6 +1228,7 @@ def activate_waiting(
     seat came free meanwhile, and so on. A batch that finds fewer seats than were read
     (someone was admitted in between) is done one by one the same way.
     """
+    session.flush()  # the caller's pending changes first: the batches re-read people
     query = (
         select(Profile.user_id, Profile.pool)
         .where(Profile.block_reason == AWAITING_LICENSE)

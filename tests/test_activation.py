@@ -173,3 +173,20 @@ def test_an_admission_committed_during_activation_keeps_the_limit_on_postgresql(
         wsgi.db.engine.dispose()
     with app.app_context():
         wsgi.db.engine.dispose()
+
+
+def test_a_change_the_caller_has_not_flushed_yet_is_kept(full_app, make_license):
+    """The batches re-read the people they activate: a change the caller made to one of
+    them, not flushed yet, is written first, not overwritten."""
+    _install(full_app, make_license, intranet=1, extranet=0)
+    with full_app.app_context():
+        session = wsgi.db.session
+        with session.no_autoflush:
+            user = seats.find_person(session, "i10")
+            user.first_name = "Renamed"
+            result = seats.activate_waiting(session, actor="pa", now=utcnow(), path="page")
+        session.commit()
+        assert result.activated == ["i10"]
+        renamed = session.scalar(sa.select(wsgi.User.first_name).where(wsgi.User.id == user.id))
+    assert renamed == "Renamed"
+    assert person_state(full_app, "i10")[0] is True
