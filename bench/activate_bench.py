@@ -31,19 +31,7 @@ import admission_bench as bench  # noqa: E402
 
 import wsgi  # noqa: E402
 from intranet_licenses import licensing, seats  # noqa: E402
-from intranet_licenses.license_file import load_private_key, sign_text  # noqa: E402
 from intranet_licenses.models import utcnow  # noqa: E402
-
-
-def _license(keys: Path, seat_count: int) -> str:
-    fields = {
-        "Registered-To": "Bench",
-        "Host-Name": "*",
-        "Issued": "2026-01-01",
-        "Expires": "Never",
-        "MAX_USERS": str(seat_count),
-    }
-    return sign_text(fields, load_private_key(keys / "private.pem"))
 
 
 def one_run(url: str, keys: str, people: int, batch: int, results) -> None:
@@ -64,7 +52,7 @@ def one_run(url: str, keys: str, people: int, batch: int, results) -> None:
                 now=utcnow(),
             )  # fmt: skip
             session.commit()
-        text = _license(keys, people)
+        text = bench.license_text(keys, people)
         licensing.install(session, text, actor="bench", now=utcnow(), path="bench")
         session.commit()
         started = time.perf_counter()

@@ -98,19 +98,25 @@ def drop_database(server_url: str, url: str) -> None:
     engine.dispose()
 
 
+def license_text(keys: Path, seat_count: int) -> str:
+    """A license for any host, signed with the scratch vendor key: ``seat_count`` intranet
+    seats, none in the other pools."""
+    fields = {
+        "Registered-To": "Bench",
+        "Host-Name": "*",
+        "Issued": "2026-01-01",
+        "Expires": "Never",
+        "MAX_USERS": str(seat_count),
+    }
+    return sign_text(fields, load_private_key(Path(keys) / "private.pem"))
+
+
 def prepare(url: str, keys: Path, seat_count: int) -> None:
     """The demo's schema and administrator (init-db), a Responsible person, the license."""
     app = make_app(url, keys)
     assert app.test_cli_runner().invoke(args=["init-db"]).exit_code == 0
     with app.app_context():
-        fields = {
-            "Registered-To": "Bench",
-            "Host-Name": "*",
-            "Issued": "2026-01-01",
-            "Expires": "Never",
-            "MAX_USERS": str(seat_count),
-        }
-        text = sign_text(fields, load_private_key(keys / "private.pem"))
+        text = license_text(keys, seat_count)
         licensing.install(wsgi.db.session, text, actor="bench", now=utcnow(), path="bench")
         wsgi.db.session.commit()
         wsgi.db.engine.dispose()
