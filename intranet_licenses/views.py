@@ -27,6 +27,7 @@ from .forms import (
     ResponsiblePersonForm,
 )
 from .models import BLOCK_REASONS, POOLS, utcnow
+from .people_rows import people_rows
 
 bp = Blueprint(
     "licenses",
@@ -84,6 +85,7 @@ def _template_globals():
         "licenses_base_template": config("BASE_TEMPLATE"),
         "licenses_nav": _nav,
         "licenses_csrf_field": _csrf_field,
+        "licenses_people_rows": people_rows,
         "reason_labels": REASON_LABELS,
     }
 
