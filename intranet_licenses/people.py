@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, func, or_, select, text, union_all
+from sqlalchemy import String, bindparam, func, or_, select, union_all
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
 
 from . import seats
 from .extension import adapter
@@ -41,7 +42,35 @@ class Page:
     prev_before: int | None
 
 
+class _serial_plan(FunctionElement):
+    """A column no page uses, selected so that PostgreSQL never plans a page read in parallel.
+
+    The walk's filter is one no index answers, so the planner believes few rows match and
+    plans a parallel scan to find them: starting the workers took 10 ms, finding the page
+    0.1 ms. A query that calls a function marked PARALLEL UNSAFE is never planned in
+    parallel; ``current_schema()`` is one (it may read the catalogs), is stable and has no
+    effect. This replaced setting ``max_parallel_workers_per_gather`` to 0 around the walk
+    and back, two more statements (round trips) per search; the host's settings are not
+    touched at all. SQLite has no parallel plans: there it is a NULL.
+    """
+
+    type = String()
+    name = "serial_plan"
+    inherit_cache = True
+
+
+@compiles(_serial_plan)
+def _serial_plan_default(element, compiler, **kw):
+    return "NULL"
+
+
+@compiles(_serial_plan, "postgresql")
+def _serial_plan_postgresql(element, compiler, **kw):
+    return "current_schema()"
+
+
 def _columns(ad):
+    """The columns of a PersonRow, in its order."""
     return [
         ad.column("id").label("id"),
         ad.column("username").label("username"),
@@ -178,9 +207,10 @@ def _filtered(ad, search: str | None, state, area: bool, pool: bool, reason: boo
 
 @functools.lru_cache(maxsize=256)
 def _page_statement(ad, shape: tuple, direction: str | None):
-    """``_filtered`` for ``shape``, after or before the ``cursor``, ``size`` + 1 rows."""
+    """``_filtered`` for ``shape``, after or before the ``cursor``, ``size`` + 1 rows (and,
+    last, the ``_serial_plan`` column)."""
     id_col = ad.column("id")
-    query = _filtered(ad, *shape)
+    query = _filtered(ad, *shape).add_columns(_serial_plan().label("serial_plan"))
     if direction == "before":
         return (
             query.where(id_col < bindparam("cursor"))
@@ -204,33 +234,6 @@ def _read(session, statement, params):
     return session.connection().execute(statement, params)
 
 
-@contextlib.contextmanager
-def _without_parallel_workers(session):
-    """On PostgreSQL, no parallel workers for the statements run inside (the walk).
-
-    The walk's filter is one no index answers, so the planner believes few rows match, and
-    plans a parallel scan to find them: starting the workers took 10 ms, finding the page
-    0.1 ms. The setting is put back afterwards, so that the host's later statements in the
-    same transaction keep their plans. SQLite has no such plans.
-    """
-    connection = session.connection()
-    if connection.dialect.name != "postgresql":
-        yield
-        return
-    old = connection.execute(_SET_WORKERS, {"value": "0"}).scalar_one()
-    try:
-        yield
-    finally:
-        connection.execute(_SET_WORKERS, {"value": old})
-
-
-#: Sets the workers per gather for the rest of the transaction; returns the value it had.
-_SET_WORKERS = text(
-    "WITH old AS MATERIALIZED (SELECT current_setting('max_parallel_workers_per_gather') AS v) "
-    "SELECT v FROM old, set_config('max_parallel_workers_per_gather', :value, true)"
-)
-
-
 def page(session, *, after=None, before=None, size=50, **filters) -> Page:
     """One page of people ordered by id, after or before a keyset cursor."""
     ad = adapter()
@@ -247,9 +250,7 @@ def page(session, *, after=None, before=None, size=50, **filters) -> Page:
         search, filters.get("area"), filters.get("pool"), filters.get("reason")
     )
     params["size"] = size + 1
-    serial = _without_parallel_workers(session) if mode == "walk" else contextlib.nullcontext()
-    with serial:
-        return _page(session, ad, shape, params, after, before, size)
+    return _page(session, ad, shape, params, after, before, size)
 
 
 def _page(session, ad, shape, params, after, before, size) -> Page:
@@ -259,7 +260,7 @@ def _page(session, ad, shape, params, after, before, size) -> Page:
         rows = _read(session, statement, {**params, "cursor": before}).all()
         more_before = len(rows) > size
         rows = list(reversed(rows[:size]))
-        people = [PersonRow(*row) for row in rows]
+        people = [PersonRow(*row[:-1]) for row in rows]
         return Page(
             people,
             next_after=people[-1].id if people else None,
@@ -267,7 +268,7 @@ def _page(session, ad, shape, params, after, before, size) -> Page:
         )
     statement = _page_statement(ad, shape, "after" if after is not None else None)
     rows = _read(session, statement, {**params, "cursor": after}).all()
-    people = [PersonRow(*row) for row in rows[:size]]
+    people = [PersonRow(*row[:-1]) for row in rows[:size]]
     return Page(
         people,
         next_after=people[-1].id if len(rows) > size else None,
