@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from sqlalchemy import String, bindparam, func, or_, select, union_all
+from sqlalchemy import Boolean, String, bindparam, func, or_, select, union_all
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
@@ -85,8 +85,35 @@ def _columns(ad):
     ]
 
 
+class _like_check(FunctionElement):
+    """``column LIKE pattern`` after a key range, except on SQLite, where it is true (1).
+
+    On SQLite the keys compare as code points (BINARY), so the range ``lo <= key < lo +
+    U+10FFFF`` holds exactly the keys that start with the text and the LIKE drops nothing; but
+    a LIKE whose pattern is a bound parameter makes SQLite prepare the statement again on every
+    run (its LIKE optimisation depends on the value): 0.08 ms of a 0.14 ms search, twice per
+    search. On PostgreSQL a column's collation may order text otherwise; there the LIKE drops
+    what such a collation puts in the range.
+    """
+
+    type = Boolean()
+    name = "like_check"
+    inherit_cache = True
+
+
+@compiles(_like_check)
+def _like_check_default(element, compiler, **kw):
+    return compiler.process(element.clauses, **kw)
+
+
+@compiles(_like_check, "sqlite")
+def _like_check_sqlite(element, compiler, **kw):
+    return "1"
+
+
 def _prefix(column, text: str | None = None):
-    """``column`` starts with the search text: a range an index answers, and a LIKE.
+    """``column`` starts with the search text: a range an index answers, and a LIKE (on
+    databases that need it, ``_like_check``).
 
     Without ``text``, with the bound parameters ``lo``, ``hi`` and ``like`` (``_search_params``)
     so that the statement is built once and reused for every search.
@@ -95,7 +122,7 @@ def _prefix(column, text: str | None = None):
         lo, hi, like = bindparam("lo"), bindparam("hi"), bindparam("like")
     else:
         lo, hi, like = _search_params(text).values()
-    return (column >= lo) & (column < hi) & column.like(like, escape="\\")
+    return (column >= lo) & (column < hi) & _like_check(column.like(like, escape="\\"))
 
 
 def _search_params(text: str) -> dict[str, str]:

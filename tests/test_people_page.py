@@ -520,3 +520,29 @@ def test_no_page_read_is_planned_in_parallel_on_postgresql(postgres_app):
         rows = connection.execute(people._page_statement(ad, ("walk",) + (None,) * 4, None),
                                   params).all()  # fmt: skip
         assert [row.username for row in rows] == ["admin"]
+
+
+_TOP = "\U0010ffff"
+
+
+def test_on_sqlite_the_key_range_alone_is_exactly_the_prefix_search():
+    """SQLite compares the keys as code points, so people._prefix leaves the LIKE out there
+    (a LIKE on a bound pattern made SQLite prepare the statement again on every search):
+    the range alone selects exactly the keys that start with the text (but for a next
+    character U+10FFFF, a noncharacter, which the range with the LIKE left out too)."""
+    keys = ["", "a", "an", "an_x", "an%x", "an\\x", "anx", "anna", "anémone", "an\uffff",
+            "an\U0010fffe", "ao", "am" + _TOP, "b", _TOP, "an" + _TOP,
+            "日本", "日本語"]  # fmt: skip
+    engine = sa.create_engine("sqlite://")
+    table = sa.table("k", sa.column("key", sa.String))
+    with engine.begin() as connection:
+        connection.exec_driver_sql("create table k (key varchar(255))")
+        connection.execute(sa.insert(table), [{"key": key} for key in keys])
+        for text in ["a", "an", "an_", "an%", "an\\", "ané", "日本", "", "\uffff", "z"]:
+            statement = sa.select(table.c.key).where(people._prefix(table.c.key, text))
+            assert "LIKE" not in str(statement.compile(engine))
+            found = sorted(connection.execute(statement).scalars())
+            expected = [
+                k for k in keys if k.startswith(text) and k[len(text) : len(text) + 1] != _TOP
+            ]
+            assert found == sorted(expected), text
