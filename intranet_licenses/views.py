@@ -8,7 +8,7 @@ import time
 import uuid
 from urllib.parse import unquote, urlsplit
 
-from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
+from flask import Blueprint, current_app, flash, g, redirect, render_template, request, url_for
 from flask_wtf.csrf import generate_csrf
 from markupsafe import Markup
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -72,7 +72,14 @@ def _pool_label(pool: str) -> str:
 def _csrf_field() -> Markup:
     """The hidden CSRF field of a small form written out in a template: the token FlaskForm
     checks when the form is posted (building a FlaskForm only to render its token cost a
-    tenth of a page's time)."""
+    tenth of a page's time). Written once per request (the People page has three forms)."""
+    field = g.get("_licenses_csrf_field")
+    if field is None:
+        field = g._licenses_csrf_field = _new_csrf_field()
+    return field
+
+
+def _new_csrf_field() -> Markup:
     if not current_app.config.get("WTF_CSRF_ENABLED", True):
         return Markup("")
     name = current_app.config.get("WTF_CSRF_FIELD_NAME", "csrf_token")
@@ -215,11 +222,8 @@ def _int_arg(name: str) -> int | None:
 @bp.get("/people")
 @role_required(PEOPLE_ADMIN)
 def people_page():
-    return _render_people()
-
-
-def _render_people(add_form=None, add_problem=None, status: int = 200):
-    """The People page; after a refused "Add one person", with its values and the reason."""
+    """The People page: the seat figures, the filter form and a page of people (adding one
+    person is a page of its own, ``add_person``)."""
     session = _session()
     filters = {
         "search": request.args.get("q", "").strip() or None,
@@ -247,10 +251,8 @@ def _render_people(add_form=None, add_problem=None, status: int = 200):
         areas=seats.areas(),
         pools=POOLS,
         reasons=BLOCK_REASONS,
-        add_form=add_form,
         directory_configured=bool(config("LDAP_URL")),
-        add_problem=add_problem,
-    ), status
+    )
 
 
 def _back_to_people():
@@ -294,9 +296,24 @@ def _run(action, success: str):
     return True
 
 
-@bp.post("/people/add")
+def _render_add(add_form=None, add_problem=None, status: int = 200):
+    """The "Add one person" page; after a refused addition, with what was typed and why."""
+    return render_template(
+        "licenses/add.html",
+        figures=seats.figures(_session(), utcnow()),
+        areas=seats.areas(),
+        add_form=add_form,
+        add_problem=add_problem,
+        next_url=_back_to_people_target(request.values.get("next", "")),
+    ), status
+
+
+@bp.route("/people/add", methods=["GET", "POST"])
 @role_required(PEOPLE_ADMIN)
 def add_person():
+    """GET: the "Add one person" page (linked from the People page); POST: the addition."""
+    if request.method == "GET":
+        return _render_add()
     form = AddPersonForm()
     form.area.choices = _area_choices()
     if not form.validate_on_submit():
@@ -307,7 +324,7 @@ def add_person():
                 f"{getattr(form, name).label.text}: {' '.join(errors)}"
                 for name, errors in form.errors.items()
             )
-        return _render_people(form, problem, 400)
+        return _render_add(form, problem, 400)
     session = _session()
     try:
         seats.add_person(
@@ -326,11 +343,11 @@ def add_person():
         session.commit()
     except seats.SeatError as refusal:
         session.commit()  # keeps the audit record of the refusal, nothing else changed
-        return _render_people(form, _refusal_message(refusal), 409)
+        return _render_add(form, _refusal_message(refusal), 409)
     except IntegrityError:  # the same username added at the same moment (a double click)
         session.rollback()
         problem = f"{form.username.data.strip()} was added at the same moment by someone else."
-        return _render_people(form, problem, 409)
+        return _render_add(form, problem, 409)
     flash(f"{form.username.data.strip()} was added and is active.", "success")
     return _back_to_people()
 

@@ -367,6 +367,29 @@ def test_an_id_out_of_range_is_not_found(client, peopleadmin):
     assert "There is no person with ID 2147483648" in page
 
 
+def test_adding_one_person_is_a_page_of_its_own_linked_from_the_people_page(
+    app, client, peopleadmin
+):
+    """The People page links to "Add one person…" (it no longer carries the form); the Add
+    page goes back to the list it came from, after adding or on Cancel."""
+    listing = client.get(PEOPLE, query_string={"q": "jen"}).get_data(as_text=True)
+    assert 'id="add-heading"' not in listing and 'name="first_name"' not in listing
+    link = re.search(r'<a href="([^"]+)">Add one person…</a>', listing).group(1)
+    add_page = client.get(html.unescape(link))
+    page = add_page.get_data(as_text=True)
+    assert add_page.status_code == 200 and '<h1 id="add-heading">Add one person</h1>' in page
+    assert '<label for="username">Username</label>' in page and "97 free" in text_of(add_page)
+    back = re.search(r'name="next" value="([^"]+)"', page).group(1)
+    assert html.unescape(back) == f"{PEOPLE}?q=jen"
+    assert re.search(rf'<a href="{re.escape(back)}">Cancel</a>', page)
+    data = {"username": "new.one", "first_name": "N", "surname": "O", "area": "primary"}
+    done = client.post(f"{PEOPLE}/add", data={**data, "next": html.unescape(back)})
+    assert done.status_code == 302 and done.headers["Location"] == f"{PEOPLE}?q=jen"
+    assert person_state(app, "new.one")[0] is True
+    elsewhere = client.get(f"{PEOPLE}/add", query_string={"next": "https://evil.example/"})
+    assert 'name="next" value="/admin/licenses/people"' in elsewhere.get_data(as_text=True)
+
+
 def test_a_refused_addition_comes_back_with_what_was_typed_and_why(app, client, peopleadmin):
     response = client.post(
         f"{PEOPLE}/add",
@@ -385,7 +408,7 @@ def test_a_refused_addition_comes_back_with_what_was_typed_and_why(app, client, 
     assert "is not a valid email address" in form  # the reason sits with the form
     assert 'value="keep.me"' in form and 'value="Kée"' in form
     assert '<option selected value="partners">' in form
-    assert html.index('aria-labelledby="add-heading"') < html.index('class="lic-filters"')
+    assert "<title>Add one person · " in html and 'class="lic-filters"' not in html
     assert person_state(app, "keep.me") is None
 
 
