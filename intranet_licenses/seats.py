@@ -289,11 +289,12 @@ def figures(session, now: datetime) -> list[PoolFigures]:
     return license_and_figures(session, now).figures
 
 
-def license_and_figures(session, now: datetime, also: tuple = ()) -> Reading:
+def license_and_figures(session, now: datetime, also: tuple = (), params=None) -> Reading:
     """The license in force, the figures and the license state last seen, in one statement;
     with ``also``, a tuple of labelled columns a page needs besides (built once: it is part
-    of the cache key of the statement)."""
-    row = session.connection().execute(_figures_statement(also)).one()._mapping
+    of the cache key of the statement) and ``params``, the values of their bound
+    parameters."""
+    row = session.connection().execute(_figures_statement(also), params or {}).one()._mapping
     current = licensing.current_from(row, now.date())
     limit = licensing.limits_of(current.status)
     pools = [

@@ -569,3 +569,51 @@ def test_on_sqlite_the_key_range_alone_is_exactly_the_prefix_search():
                 k for k in keys if k.startswith(text) and k[len(text) : len(text) + 1] != _TOP
             ]
             assert found == sorted(expected), text
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("narrow_below", [1, 10_000], ids=["walk-in-id-order", "key-indexes"])
+def test_a_search_counts_its_matches_in_the_figures_statement(
+    request, database, narrow_below, monkeypatch
+):
+    """The People page reads a search's count of matches with the seat figures
+    (people.counted_with): a search is two statements of the page's own (the figures with
+    the count, the page of people) besides the host's user load, and finds the people that
+    counting first (people.page without ``counted``) finds."""
+    from intranet_licenses import seats
+    from intranet_licenses.models import utcnow
+
+    app = request.getfixturevalue("app" if database == "sqlite" else "postgres_app")
+    monkeypatch.setattr(people, "NARROW_SEARCH", narrow_below)
+    app.config["LICENSES_PAGE_SIZE"] = 2
+    with app.app_context():
+        people_ = [("anna1", "Anna", "Berg"), ("zed", "Zed", "Anders"),
+                   ("olga", "Olga", "Smith"), ("anton", "Anton", "Holm")]  # fmt: skip
+        for username, first, surname in people_:
+            seats.add_person(wsgi.db.session, username=username, first_name=first,
+                             surname=surname, email=f"{username}@example.com", area="primary",
+                             readonly=False, actor="test", now=utcnow(), path="test")  # fmt: skip
+        wsgi.db.session.commit()
+        statements = []
+        sa.event.listen(wsgi.db.engine, "before_cursor_execute",
+                        lambda *args: statements.append(args[2]))  # fmt: skip
+    client = app.test_client()
+    with client.session_transaction() as session:
+        session["user_id"] = 1  # the administrator account
+    anna = user_id(app, "anna1")
+    for search, after, expected in [("an", None, ["anna1", "zed"]), ("an", anna, ["zed", "anton"]),
+                                    ("ZZ", None, []), ("adm", None, ["admin"])]:  # fmt: skip
+        statements.clear()
+        response = client.get(PEOPLE, query_string={"q": search, "after": after or ""})
+        assert usernames_on(response) == expected, (search, after)
+        ours = [s for s in statements if "FROM users \nWHERE users.id" not in s
+                and "FROM users  WHERE users.id" not in s]  # fmt: skip
+        assert len(ours) == 2 and "narrow_count" in ours[0], ours
+        with app.test_request_context():
+            by_counting = people.page(wsgi.db.session, after=after, size=2, search=search)
+            count, values = people.counted_with(search)
+            row = wsgi.db.session.connection().execute(sa.select(*count), values).one()
+            counted = people.page(wsgi.db.session, after=after, size=2, search=search,
+                                  counted=row._mapping)  # fmt: skip
+        assert [p.username for p in by_counting.rows] == expected
+        assert counted == by_counting
