@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import jinja2
 import pytest
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from intranet_licenses.people import PersonRow
-from intranet_licenses.people_rows import people_rows
+from intranet_licenses.people_rows import _escaped, people_rows
 from intranet_licenses.views import REASON_LABELS
 
 #: The loop people.html had before people_rows, word for word: the reference it must match.
@@ -81,9 +82,26 @@ SHARED = {
 }
 
 
-@pytest.mark.parametrize("rows", [every_kind_of_row(), []], ids=["every-kind", "nobody"])
+def with_a_nul(rows: list[PersonRow]) -> list[PersonRow]:
+    """``rows`` with a NUL in one surname: people_rows then escapes each value alone."""
+    return [*rows[:-1], dataclasses.replace(rows[-1], surname="Nul\0<b>")]
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [every_kind_of_row(), with_a_nul(every_kind_of_row()), []],
+    ids=["every-kind", "a-nul-in-a-name", "nobody"],
+)
 def test_the_rows_are_the_bytes_the_jinja_loop_wrote(rows):
     assert str(people_rows(rows, **SHARED)) == REFERENCE.render(rows=rows, **SHARED)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [["a&b", "<i>", 'q"', "it's", 7, None, "", "Zoë"], ["a\0b", "<c>", 1], [], ["\0"]],
+)
+def test_escaped_is_escape_of_each_value(values):
+    assert _escaped(values) == [str(escape(value)) for value in values]
 
 
 def test_the_rows_escape_what_people_typed():
