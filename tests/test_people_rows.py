@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 
 import jinja2
@@ -84,7 +83,7 @@ SHARED = {
 
 def with_a_nul(rows: list[PersonRow]) -> list[PersonRow]:
     """``rows`` with a NUL in one surname: people_rows then escapes each value alone."""
-    return [*rows[:-1], dataclasses.replace(rows[-1], surname="Nul\0<b>")]
+    return [*rows[:-1], rows[-1]._replace(surname="Nul\0<b>")]
 
 
 @pytest.mark.parametrize(
