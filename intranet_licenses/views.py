@@ -6,6 +6,7 @@ import json
 import secrets
 import time
 import uuid
+from typing import NamedTuple
 from urllib.parse import unquote, urlsplit
 
 from flask import Blueprint, current_app, flash, g, redirect, render_template, request, url_for
@@ -250,6 +251,7 @@ def people_page():
     return render_template(
         "licenses/people.html",
         listing=listing,
+        pages=_pages(listing),
         filters=filters,
         figures=reading.figures,
         areas=seats.areas(),
@@ -257,6 +259,26 @@ def people_page():
         reasons=BLOCK_REASONS,
         directory_configured=bool(config("LDAP_URL")),
     )
+
+
+class _Pages(NamedTuple):
+    previous: str | None
+    next: str | None
+
+
+def _pages(listing: people.Page) -> _Pages:
+    """The links to the previous and the next page: this request's filters, the cursor
+    replaced (None at an end)."""
+    previous = following = None
+    if listing.prev_before:
+        args = request.args.to_dict()
+        args.pop("after", None)
+        previous = url_for(".people_page", **dict(args, before=listing.prev_before))
+    if listing.next_after:
+        args = request.args.to_dict()
+        args.pop("before", None)
+        following = url_for(".people_page", **dict(args, after=listing.next_after))
+    return _Pages(previous, following)
 
 
 def _back_to_people():
