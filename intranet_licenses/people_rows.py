@@ -1,12 +1,12 @@
 """The People table's rows as HTML, written in Python: the one loop of the People page.
 
 Rendered by Jinja, 25 rows made about 500 calls of markupsafe's ``escape`` (every ``{{ }}``
-escapes again, the same username four times, the same URL prefix three times) and took half
-of the page's CPU. Here the values from the database are escaped once, all together
-(``_escaped``), the parts that are the same on every row (``row_url``, ``row_fields``,
-``row_next``) are given already escaped, and each row is one f-string. The bytes are those
-of the Jinja loop this replaced, which ``tests/test_people_rows.py`` keeps as the reference
-and compares with, for every kind of row.
+escapes again, the same username four times, the same URL prefix three times): 0.21 ms, a
+seventh of the page's CPU; here 0.05 ms. The values from the database are escaped once, all
+together (``_escaped``), the parts that are the same on every row (``row_url``,
+``row_fields``, ``row_next``) are given already escaped, and each row is one f-string. The
+bytes are those of the Jinja loop this replaced, which ``tests/test_people_rows.py`` keeps
+as the reference and compares with, for every kind of row.
 """
 
 from __future__ import annotations
