@@ -6,7 +6,7 @@ import functools
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from sqlalchemy import Boolean, String, bindparam, func, or_, select, union_all
+from sqlalchemy import BigInteger, Boolean, String, bindparam, cast, func, or_, select, union_all
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
@@ -140,6 +140,15 @@ def _search_params(text: str) -> dict[str, str]:
 #: reads every row.) See docs/performance.md.
 NARROW_SEARCH = 2000
 
+#: A walk first reads at most this many ids from its cursor (about 5 ms on SQLite). Most
+#: broad searches fill a page there; when one does not and there are ids beyond, its matches
+#: lie further on (a prefix of the newest accounts, say ``user099`` at 1,000,000: the walk
+#: read 990,000 rows, 200 ms), and if the keys hold fewer than WIDE_SEARCH entries for it the
+#: page is read from the key indexes instead (12 ms for those 10,000 matches); else the walk
+#: goes on past the window, as it did before there was one.
+WALK_WINDOW = 20_000
+WIDE_SEARCH = 50_000
+
 
 def _keys():
     return (Profile.username_key, Profile.first_name_key, Profile.surname_key, Profile.email_key)
@@ -258,16 +267,56 @@ def _page_statement(ad, shape: tuple, direction: str | None):
     """``_filtered`` for ``shape``, after or before the ``cursor``, ``size`` + 1 rows (and,
     last, the ``_serial_plan`` column)."""
     id_col = ad.column("id")
-    query = _filtered(ad, *shape).add_columns(_serial_plan().label("serial_plan"))
+    mode, *filters = shape
+    query = _filtered(ad, "walk" if mode == "window" else mode, *filters)
+    query = query.add_columns(_serial_plan().label("serial_plan"))
+    if mode == "window":
+        query = query.where(_in_window(id_col, direction))
+    # The cursor on both sides of the join, as the window (``_in_window``): PostgreSQL walks
+    # the profiles, and with the cursor on the host's ids alone it read every profile before
+    # it (paging deep into q=an took 145 ms).
+    cursor = bindparam("cursor")
     if direction == "before":
         return (
-            query.where(id_col < bindparam("cursor"))
+            query.where(id_col < cursor, Profile.user_id < cursor)
             .order_by(id_col.desc())
             .limit(bindparam("size"))
         )
     if direction == "after":
-        query = query.where(id_col > bindparam("cursor"))
+        query = query.where(id_col > cursor, Profile.user_id > cursor)
     return query.order_by(id_col).limit(bindparam("size"))
+
+
+def _window_end(id_col, direction: str | None):
+    """The last id of a walk's window (``window`` ids from the ``cursor`` or the first id;
+    before a cursor, the first)."""
+    window = bindparam("window", type_=BigInteger)
+    if direction == "before":
+        return cast(bindparam("cursor"), BigInteger) - window
+    if direction == "after":
+        start = bindparam("cursor")
+    else:
+        start = select(func.min(id_col)).scalar_subquery()
+    return cast(start, BigInteger) + window
+
+
+def _in_window(id_col, direction: str | None):
+    """The window on both sides of the join: the planner walks whichever table it likes
+    (SQLite the host's, PostgreSQL the profiles) and bounds that walk only by a condition
+    on its own id."""
+    end = _window_end(id_col, direction)
+    if direction == "before":
+        return (id_col >= end) & (Profile.user_id >= end)
+    return (id_col <= end) & (Profile.user_id <= end)
+
+
+@functools.lru_cache(maxsize=16)
+def _beyond_window_statement(ad, direction: str | None):
+    """Whether any person's id lies beyond the window (an id, or none)."""
+    id_col = ad.column("id")
+    end = _window_end(id_col, direction)
+    beyond = id_col < end if direction == "before" else id_col > end
+    return select(id_col).where(beyond).limit(1)
 
 
 def _read(session, statement, params):
@@ -308,10 +357,35 @@ def page(session, *, after=None, before=None, size=50, counted=None, **filters) 
 
 
 def _page(session, ad, shape, params, after, before, size) -> Page:
-    """The page of ``page``: its statement for ``shape``, run after or before a cursor."""
+    """The page of ``page``: its statement for ``shape``, run after or before a cursor.
+
+    A walk reads its window first (``WALK_WINDOW``); the people found are those of the
+    unbounded walk whichever way the page is read.
+    """
+    mode, *filters = shape
+    direction = "before" if before is not None else "after" if after is not None else None
+    params = {**params, "cursor": before if before is not None else after}
+    if mode != "walk":
+        return _as_page(_rows(session, ad, shape, direction, params), after, before, size)
+    params["window"] = WALK_WINDOW
+    rows = _rows(session, ad, ("window", *filters), direction, params)
+    beyond = _beyond_window_statement(ad, direction)
+    if len(rows) > size or _read(session, beyond, params).first() is None:
+        return _as_page(rows, after, before, size)  # full, or no id lies beyond the window
+    wide = _read(session, _narrow_statement(), {**params, "narrow": WIDE_SEARCH}).scalar_one()
+    mode = "narrow" if wide < WIDE_SEARCH else "walk"
+    return _as_page(_rows(session, ad, (mode, *filters), direction, params), after, before, size)
+
+
+def _rows(session, ad, shape, direction, params) -> list:
+    """Up to ``size`` + 1 rows of the statement for ``shape``: after the cursor in id order,
+    or before it from the nearest back."""
+    return _read(session, _page_statement(ad, shape, direction), params).all()
+
+
+def _as_page(rows, after, before, size) -> Page:
+    """``rows`` (of ``_rows``) as a Page, with the cursors to go on."""
     if before is not None:
-        statement = _page_statement(ad, shape, "before")
-        rows = _read(session, statement, {**params, "cursor": before}).all()
         more_before = len(rows) > size
         rows = list(reversed(rows[:size]))
         people = [PersonRow._make(row[:-1]) for row in rows]
@@ -320,8 +394,6 @@ def _page(session, ad, shape, params, after, before, size) -> Page:
             next_after=people[-1].id if people else None,
             prev_before=people[0].id if people and more_before else None,
         )
-    statement = _page_statement(ad, shape, "after" if after is not None else None)
-    rows = _read(session, statement, {**params, "cursor": after}).all()
     people = [PersonRow._make(row[:-1]) for row in rows[:size]]
     return Page(
         people,

@@ -524,7 +524,7 @@ def test_no_page_read_is_planned_in_parallel_on_postgresql(postgres_app):
         force = "debug_parallel_query" if int(version) >= 160000 else "force_parallel_mode"
         connection.exec_driver_sql(f"set local {force} = on")
         ad = adapter()
-        params = {**people._search_params("adm"), "size": 26, "cursor": 1}
+        params = {**people._search_params("adm"), "size": 26, "cursor": 1, "window": 10}
 
         def plan(statement) -> str:
             compiled = statement.compile(dialect=connection.dialect)
@@ -533,12 +533,13 @@ def test_no_page_read_is_planned_in_parallel_on_postgresql(postgres_app):
             )
             return "\n".join(row[0] for row in rows)
 
-        for mode in ("walk", "narrow", None):
+        for mode in ("walk", "window", "narrow", None):
             shape = (mode, None, False, False, False)
             for direction in (None, "after", "before"):
                 statement = people._page_statement(ad, shape, direction)
                 assert "Gather" not in plan(statement), (mode, direction)
-            bare = people._filtered(ad, *shape).order_by(ad.column("id")).limit(26)
+            bare = people._filtered(ad, "walk" if mode == "window" else mode, *shape[1:])
+            bare = bare.order_by(ad.column("id")).limit(26)
             assert "Gather" in plan(bare), mode  # what the column prevents
         rows = connection.execute(people._page_statement(ad, ("walk",) + (None,) * 4, None),
                                   params).all()  # fmt: skip
@@ -578,8 +579,9 @@ def test_a_search_counts_its_matches_in_the_figures_statement(
 ):
     """The People page reads a search's count of matches with the seat figures
     (people.counted_with): a search is two statements of the page's own (the figures with
-    the count, the page of people) besides the host's user load, and finds the people that
-    counting first (people.page without ``counted``) finds."""
+    the count, the page of people) besides the host's user load (a walk that does not fill
+    its page asks one more: whether any id lies beyond its window), and finds the people
+    that counting first (people.page without ``counted``) finds."""
     from intranet_licenses import seats
     from intranet_licenses.models import utcnow
 
@@ -601,14 +603,17 @@ def test_a_search_counts_its_matches_in_the_figures_statement(
     with client.session_transaction() as session:
         session["user_id"] = 1  # the administrator account
     anna = user_id(app, "anna1")
-    for search, after, expected in [("an", None, ["anna1", "zed"]), ("an", anna, ["zed", "anton"]),
-                                    ("ZZ", None, []), ("adm", None, ["admin"])]:  # fmt: skip
+    # (search, after, people found, statements when every search with a match walks)
+    for search, after, expected, walking in [("an", None, ["anna1", "zed"], 2),
+                                             ("an", anna, ["zed", "anton"], 3),
+                                             ("ZZ", None, [], 2),  # no match: no walk
+                                             ("adm", None, ["admin"], 3)]:  # fmt: skip
         statements.clear()
         response = client.get(PEOPLE, query_string={"q": search, "after": after or ""})
         assert usernames_on(response) == expected, (search, after)
-        ours = [s for s in statements if "FROM users \nWHERE users.id" not in s
-                and "FROM users  WHERE users.id" not in s]  # fmt: skip
-        assert len(ours) == 2 and "narrow_count" in ours[0], ours
+        ours = [s for s in statements if "password_hash" not in s]  # not the host's user load
+        assert len(ours) == (walking if narrow_below == 1 else 2), ours
+        assert "narrow_count" in ours[0] and "licenses_profile.area" in ours[1], ours
         with app.test_request_context():
             by_counting = people.page(wsgi.db.session, after=after, size=2, search=search)
             count, values = people.counted_with(search)
@@ -617,3 +622,51 @@ def test_a_search_counts_its_matches_in_the_figures_statement(
                                   counted=row._mapping)  # fmt: skip
         assert [p.username for p in by_counting.rows] == expected
         assert counted == by_counting
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+@pytest.mark.parametrize(
+    ("window", "wide"),
+    [(10**6, 10**6), (1, 10**6), (1, 1), (3, 10**6)],
+    ids=["window-holds-all", "then-key-indexes", "then-walk-on", "small-window"],
+)
+def test_a_walk_reads_its_window_first_and_finds_the_same_pages(
+    request, database, window, wide, monkeypatch
+):
+    """A walking search reads WALK_WINDOW ids first; when they do not fill the page and ids
+    lie beyond, it reads the page from the key indexes (fewer than WIDE_SEARCH entries) or
+    walks on. Every way gives the pages the key indexes give, forward and back."""
+    from intranet_licenses import seats
+    from intranet_licenses.models import utcnow
+
+    app = request.getfixturevalue("app" if database == "sqlite" else "postgres_app")
+    with app.app_context():
+        for number in range(12):  # "an..." people with gaps of other people between them
+            first = "Anna" if number % 4 == 0 or number > 8 else "Olga"
+            seats.add_person(wsgi.db.session, username=f"p{number:02d}", first_name=first,
+                             surname="Berg", email=f"p{number}@example.com", area="primary",
+                             readonly=False, actor="test", now=utcnow(), path="test")  # fmt: skip
+        wsgi.db.session.commit()
+
+    def every_page(**config):
+        for name, value in config.items():
+            monkeypatch.setattr(people, name, value)
+        with app.test_request_context():
+            session, pages, after = wsgi.db.session, [], None
+            while True:
+                listing = people.page(session, after=after, size=2, search="an")
+                pages.append(listing)
+                if listing.next_after is None:
+                    break
+                after = listing.next_after
+            before = pages[-1].rows[0].id if pages[-1].rows else None
+            while before is not None:
+                listing = people.page(session, before=before, size=2, search="an")
+                pages.append(listing)
+                before = listing.prev_before
+            return pages
+
+    expected = every_page(NARROW_SEARCH=10**6)  # the key indexes only
+    assert [p.username for p in expected[0].rows] == ["p00", "p04"]
+    walked = every_page(NARROW_SEARCH=1, WALK_WINDOW=window, WIDE_SEARCH=wide)
+    assert walked == expected
