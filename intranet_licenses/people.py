@@ -144,7 +144,7 @@ NARROW_SEARCH = 2000
 #: broad searches fill a page there; when one does not and there are ids beyond, its matches
 #: lie further on (a prefix of the newest accounts, say ``user099`` at 1,000,000: the walk
 #: read 990,000 rows, 200 ms), and if the keys hold fewer than WIDE_SEARCH entries for it the
-#: page is read from the key indexes instead (12 ms for those 10,000 matches); else the walk
+#: page is read from the key indexes instead (10 ms in all for those 10,000); else the walk
 #: goes on past the window, as it did before there was one.
 WALK_WINDOW = 20_000
 WIDE_SEARCH = 50_000
