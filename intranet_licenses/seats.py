@@ -299,17 +299,18 @@ def figures(session, now: datetime) -> list[PoolFigures]:
     return license_and_figures(session, now).figures
 
 
-def license_and_figures(session, now: datetime, also: tuple = ()) -> Reading:
+def license_and_figures(session, now: datetime, also: tuple = (), params=None) -> Reading:
     """The license in force, the figures and the license state last seen, in one statement;
     with ``also``, a tuple of labelled columns a page needs besides (built once: it is part
-    of the cache key of the statement)."""
+    of the cache key of the statement) and ``params``, the values of their bound
+    parameters (an uncorrelated column is computed once, though repeated on every row)."""
     alone, per_pool = _figures_statements(also)
     conn = session.connection()
-    rows = conn.execute(per_pool).all()
+    rows = conn.execute(per_pool, params or {}).all()
     used = {r.pool: r.used for r in rows}
     waiting = {r.pool: r.waiting for r in rows}
     if not rows:  # no counter rows (a broken schema): every pool reads 0
-        rows = conn.execute(alone).all()
+        rows = conn.execute(alone, params or {}).all()
     row = rows[0]._mapping
     current = licensing.current_from(row, now.date())
     limit = licensing.limits_of(current.status)

@@ -6,9 +6,10 @@ import json
 import secrets
 import time
 import uuid
+from typing import NamedTuple
 from urllib.parse import unquote, urlsplit
 
-from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
+from flask import Blueprint, current_app, flash, g, redirect, render_template, request, url_for
 from flask_wtf.csrf import generate_csrf
 from markupsafe import Markup
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -27,6 +28,7 @@ from .forms import (
     ResponsiblePersonForm,
 )
 from .models import BLOCK_REASONS, POOLS, utcnow
+from .people_rows import people_rows
 
 bp = Blueprint(
     "licenses",
@@ -71,7 +73,14 @@ def _pool_label(pool: str) -> str:
 def _csrf_field() -> Markup:
     """The hidden CSRF field of a small form written out in a template: the token FlaskForm
     checks when the form is posted (building a FlaskForm only to render its token cost a
-    tenth of a page's time)."""
+    tenth of a page's time). Written once per request (the People page has three forms)."""
+    field = g.get("_licenses_csrf_field")
+    if field is None:
+        field = g._licenses_csrf_field = _new_csrf_field()
+    return field
+
+
+def _new_csrf_field() -> Markup:
     if not current_app.config.get("WTF_CSRF_ENABLED", True):
         return Markup("")
     name = current_app.config.get("WTF_CSRF_FIELD_NAME", "csrf_token")
@@ -84,6 +93,7 @@ def _template_globals():
         "licenses_base_template": config("BASE_TEMPLATE"),
         "licenses_nav": _nav,
         "licenses_csrf_field": _csrf_field,
+        "licenses_people_rows": people_rows,
         "reason_labels": REASON_LABELS,
     }
 
@@ -213,11 +223,8 @@ def _int_arg(name: str) -> int | None:
 @bp.get("/people")
 @role_required(PEOPLE_ADMIN)
 def people_page():
-    return _render_people()
-
-
-def _render_people(add_form=None, add_problem=None, status: int = 200):
-    """The People page; after a refused "Add one person", with its values and the reason."""
+    """The People page: the seat figures, the filter form and a page of people (adding one
+    person is a page of its own, ``add_person``)."""
     session = _session()
     filters = {
         "search": request.args.get("q", "").strip() or None,
@@ -230,25 +237,48 @@ def _render_people(add_form=None, add_problem=None, status: int = 200):
         if request.args.get("reason") in BLOCK_REASONS
         else None,
     }
+    # A search's count of matches is read with the figures: one statement fewer.
+    count, values = people.counted_with(filters["search"])
+    reading = _reading(session, utcnow(), also=count, params=values)
     listing = people.page(
         session,
         after=_int_arg("after"),
         before=_int_arg("before"),
         size=config("PAGE_SIZE"),
+        counted=reading.row,
         **filters,
     )
     return render_template(
         "licenses/people.html",
         listing=listing,
+        pages=_pages(listing),
         filters=filters,
-        figures=_reading(session, utcnow()).figures,
+        figures=reading.figures,
         areas=seats.areas(),
         pools=POOLS,
         reasons=BLOCK_REASONS,
-        add_form=add_form,
         directory_configured=bool(config("LDAP_URL")),
-        add_problem=add_problem,
-    ), status
+    )
+
+
+class _Pages(NamedTuple):
+    previous: str | None
+    next: str | None
+
+
+def _pages(listing: people.Page) -> _Pages:
+    """The links to the previous and the next page: this request's filters, the cursor
+    replaced (None at an end)."""
+    previous = following = None
+    if listing.prev_before:
+        args = request.args.to_dict()
+        args.pop("after", None)
+        previous = url_for(".people_page", **dict(args, before=listing.prev_before))
+    if listing.next_after:
+        args = request.args.to_dict()
+        args.pop("before", None)
+        following = url_for(".people_page", **dict(args, after=listing.next_after))
+    return _Pages(previous, following)
 
 
 def _back_to_people():
@@ -292,9 +322,24 @@ def _run(action, success: str):
     return True
 
 
-@bp.post("/people/add")
+def _render_add(add_form=None, add_problem=None, status: int = 200):
+    """The "Add one person" page; after a refused addition, with what was typed and why."""
+    return render_template(
+        "licenses/add.html",
+        figures=seats.figures(_session(), utcnow()),
+        areas=seats.areas(),
+        add_form=add_form,
+        add_problem=add_problem,
+        next_url=_back_to_people_target(request.values.get("next", "")),
+    ), status
+
+
+@bp.route("/people/add", methods=["GET", "POST"])
 @role_required(PEOPLE_ADMIN)
 def add_person():
+    """GET: the "Add one person" page (linked from the People page); POST: the addition."""
+    if request.method == "GET":
+        return _render_add()
     form = AddPersonForm()
     form.area.choices = _area_choices()
     if not form.validate_on_submit():
@@ -305,7 +350,7 @@ def add_person():
                 f"{getattr(form, name).label.text}: {' '.join(errors)}"
                 for name, errors in form.errors.items()
             )
-        return _render_people(form, problem, 400)
+        return _render_add(form, problem, 400)
     session = _session()
     try:
         seats.add_person(
@@ -324,11 +369,11 @@ def add_person():
         session.commit()
     except seats.SeatError as refusal:
         session.commit()  # keeps the audit record of the refusal, nothing else changed
-        return _render_people(form, _refusal_message(refusal), 409)
+        return _render_add(form, _refusal_message(refusal), 409)
     except IntegrityError:  # the same username added at the same moment (a double click)
         session.rollback()
         problem = f"{form.username.data.strip()} was added at the same moment by someone else."
-        return _render_people(form, problem, 409)
+        return _render_add(form, problem, 409)
     flash(f"{form.username.data.strip()} was added and is active.", "success")
     return _back_to_people()
 
@@ -508,15 +553,16 @@ def _shows_figures() -> bool:
     return access.has_role(adapter().current_user(), role)
 
 
-def _reading(session, now, also: tuple = ()) -> seats.Reading:
-    """The license, the seat figures and the license state last seen (and ``also``), in one
-    statement; a license no longer valid is noticed from it, as on every other page."""
-    reading = seats.license_and_figures(session, now, also)
+def _reading(session, now, also: tuple = (), params=None) -> seats.Reading:
+    """The license, the seat figures and the license state last seen (and ``also``, with
+    its bound ``params``), in one statement; a license no longer valid is noticed from it,
+    as on every other page."""
+    reading = seats.license_and_figures(session, now, also, params)
     read = (reading.current, reading.license_state_seen)
     if notifications.notice_license_state(session, now, read):
         session.commit()
         # The notice may have opened episodes and queued mail: show them (once per change).
-        reading = seats.license_and_figures(session, now, also)
+        reading = seats.license_and_figures(session, now, also, params)
     return reading
 
 

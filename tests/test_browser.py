@@ -223,13 +223,17 @@ def test_people_search_filter_block_unblock_delete_add_activate(live, page):
     assert "filler0 was deleted for good." in flash_text(page)
     assert person_state(live.app, "filler0") is None
 
-    # Add one person into the seat the deletion freed.
+    # Add one person into the seat the deletion freed, on the page the People page links to.
+    page.get_by_role("link", name="Add one person…").click()
+    expect(page.get_by_role("heading", name="Add one person")).to_be_visible()
+    assert axe_findings(page) == []
     page.get_by_label("Username").fill("new.colleague")
     page.get_by_label("First name").fill("Nóra")
     page.get_by_label("Surname").fill("O'Neill")
     page.get_by_label("Email").fill("nora@example.com")
     page.get_by_role("button", name="Add person").click()
     assert "new.colleague was added and is active." in flash_text(page)
+    expect(page.get_by_role("heading", name="People")).to_be_visible()  # back to the list
 
 
 def test_moving_a_person_from_their_own_move_page(live, page):
@@ -382,6 +386,7 @@ def test_download_the_export_and_read_it_back(live, page):
 def test_a_refused_addition_keeps_the_form_and_says_why_beside_it(live, page):
     log_in(page, live, "peopleadmin")
     page.goto(f"{live.url}/admin/licenses/people")
+    page.get_by_role("link", name="Add one person…").click()
     page.get_by_label("Username", exact=True).fill("jennifer")  # taken already
     page.get_by_label("First name").fill("Jenny")
     page.get_by_label("Surname").fill("Again")
