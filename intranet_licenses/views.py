@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import secrets
 import time
@@ -102,6 +103,40 @@ def _session():
     return adapter().session
 
 
+def _commits_reads(view):
+    """End a reading page's transaction on PostgreSQL with COMMIT when it wrote nothing.
+
+    psycopg forgets its prepared statements at every ROLLBACK (and deallocates them on the
+    server), so a page whose transaction the teardown rolls back has PostgreSQL parse and
+    plan each of its statements again on every view. Committing a transaction that wrote
+    nothing changes no data and keeps them prepared, from a connection's sixth view of a
+    page on: the server's CPU for the People page at 1,000,000 profiles 1.19 -> 0.55 ms, for
+    the License page 0.99 -> 0.32 ms (docs/performance.md). The server says whether anything
+    was written, by whichever code (``pg_current_xact_id_if_assigned()`` is NULL until a
+    transaction writes): a host's change made earlier in the request, flushed or not, is left
+    to the teardown's ROLLBACK, as on any other page; so is everything when the view raised.
+    SQLite keeps its prepared statements through a ROLLBACK: there nothing changes.
+    """
+
+    @functools.wraps(view)
+    def wrapped(*args, **kwargs):
+        response = view(*args, **kwargs)
+        session = _session()
+        if session.new or session.dirty or session.deleted:
+            return response
+        connection = session.connection()
+        if (
+            connection.dialect.name == "postgresql"
+            and connection.exec_driver_sql(
+                "SELECT pg_current_xact_id_if_assigned() IS NULL"
+            ).scalar()
+        ):
+            session.commit()
+        return response
+
+    return wrapped
+
+
 def _area_choices():
     # SelectChoice, not (value, label) tuples: WTForms 3.3 deprecates tuples (a warning,
     # which the test suite turns into an error).
@@ -114,6 +149,7 @@ def _area_choices():
 
 
 @bp.get("/")
+@_commits_reads
 @role_required(SYSADMIN)
 def license_page():
     return _render_license()
@@ -198,6 +234,7 @@ def fetch_license():
 
 
 @bp.get("/summary")
+@_commits_reads
 @role_required(SYSADMIN)
 def summary():
     session = _session()
@@ -221,6 +258,7 @@ def _int_arg(name: str) -> int | None:
 
 
 @bp.get("/people")
+@_commits_reads
 @role_required(PEOPLE_ADMIN)
 def people_page():
     """The People page: the seat figures, the filter form and a page of people (adding one
