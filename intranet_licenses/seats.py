@@ -1228,7 +1228,8 @@ def activate_waiting(
     minute of a web request). The first person of a pool who does not fit is tried on
     their own, as an unblock: refused and recorded when the pool is full, activated if a
     seat came free meanwhile, and so on. A batch that finds fewer seats than were read
-    (someone was admitted in between) is done one by one the same way.
+    (someone was admitted in between) is done one by one the same way, and so are the
+    people after it in its pools (a later batch would have seated younger people first).
     """
     session.flush()  # the caller's pending changes first: the batches re-read people
     query = (
@@ -1250,19 +1251,29 @@ def activate_waiting(
             used = read.readings[pool].used if pool in read.readings else 0
             free[pool] = None if limits[pool] is None else max(limits[pool] - used, 0)
     result = ActivationResult([], 0, [])
+    pool_of = dict(queue)
     batch: list[int] = []
     one_by_one: list[int] = []
+    # The pools of a refused batch: everyone after in them goes one by one too, so that no
+    # later batch gives a seat to someone younger than the refused batch's people.
+    refused_pools: set[str] = set()
+
+    def flush_batch() -> None:
+        refused = _activate_batch(session, batch, result, actor=actor, now=now, path=path)
+        refused_pools.update(pool_of[user_id] for user_id in refused)
+        one_by_one.extend(refused)
+        batch.clear()
+
     for user_id, pool in queue:
-        if free[pool] == 0:
+        if free[pool] == 0 or pool in refused_pools:
             one_by_one.append(user_id)  # in queue order, behind those who fit
             continue
         if free[pool] is not None:
             free[pool] -= 1
         batch.append(user_id)
         if len(batch) == ACTIVATE_BATCH:
-            one_by_one += _activate_batch(session, batch, result, actor=actor, now=now, path=path)
-            batch = []
-    one_by_one += _activate_batch(session, batch, result, actor=actor, now=now, path=path)
+            flush_batch()
+    flush_batch()
     place = {user_id: n for n, (user_id, _) in enumerate(queue)}
     one_by_one.sort(key=place.__getitem__)  # a refused batch's people are older than some
     _activate_one_by_one(session, one_by_one, result, actor=actor, now=now, path=path)

@@ -304,18 +304,23 @@ class _Pages(NamedTuple):
     next: str | None
 
 
+#: The People page's filters, the query parameters its pager links keep.
+_PEOPLE_FILTERS = ("q", "state", "area", "pool", "reason")
+
+
 def _pages(listing: people.Page) -> _Pages:
     """The links to the previous and the next page: this request's filters, the cursor
-    replaced (None at an end)."""
+    replaced (None at an end).
+
+    Only the filters are kept: any other parameter could be one of url_for's own arguments
+    (``?endpoint=x`` was a TypeError, ``?_method=POST`` a BuildError, ``?_external=1`` an
+    absolute link)."""
+    args = {name: request.args[name] for name in _PEOPLE_FILTERS if name in request.args}
     previous = following = None
     if listing.prev_before:
-        args = request.args.to_dict()
-        args.pop("after", None)
-        previous = url_for(".people_page", **dict(args, before=listing.prev_before))
+        previous = url_for(".people_page", **args, before=listing.prev_before)
     if listing.next_after:
-        args = request.args.to_dict()
-        args.pop("before", None)
-        following = url_for(".people_page", **dict(args, after=listing.next_after))
+        following = url_for(".people_page", **args, after=listing.next_after)
     return _Pages(previous, following)
 
 

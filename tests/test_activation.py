@@ -133,6 +133,39 @@ def test_a_batch_that_finds_fewer_seats_than_it_read_is_done_one_by_one(
     _check_exact(full_app)
 
 
+def test_after_a_refused_batch_no_younger_person_of_its_pools_is_activated_first(
+    full_app, make_license, monkeypatch
+):
+    """A refused batch's people are tried one by one after the other batches: the
+    batches that came after it, of the same pool, must not take the seats first (the
+    seats read were 5, two were gone: the oldest three are activated, not i14 before
+    them)."""
+    monkeypatch.setattr(seats, "ACTIVATE_BATCH", 4)  # i10..i13 refused, then [i14]
+    _install(full_app, make_license, intranet=5, extranet=0)
+    for name in ("late1", "late2"):
+        with full_app.app_context():
+            seats.add_person(
+                wsgi.db.session, username=name, first_name="L", surname="Ate", email="",
+                actor="other", now=utcnow(), path="other",
+            )  # fmt: skip
+            wsgi.db.session.commit()
+    read_pools = seats._read_pools
+
+    def reading_without_them(session, conn, pools, today, **kwargs):
+        read, taken = read_pools(session, conn, pools, today, **kwargs)
+        stale = {p: seats._PoolReading(0, r.episode_open) for p, r in read.readings.items()}
+        monkeypatch.setattr(seats, "_read_pools", read_pools)  # only the first reading
+        return seats._PoolsRead(read.pools, stale, read.current), taken
+
+    monkeypatch.setattr(seats, "_read_pools", reading_without_them)
+    result = _activate(full_app)
+    assert result.activated == ["i10", "i11", "i12"]
+    assert person_state(full_app, "i14")[3] == AWAITING_LICENSE
+    assert usage(full_app)["intranet"] == 5
+    assert _audit(full_app, "refused") == ["i13", "e00"]
+    _check_exact(full_app)
+
+
 @pytest.mark.postgres
 def test_an_admission_committed_during_activation_keeps_the_limit_on_postgresql(
     postgres_url, vendor_key, make_license, tmp_path, monkeypatch

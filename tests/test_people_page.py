@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import re
+from urllib.parse import urlencode
 
 import pytest
 import sqlalchemy as sa
@@ -358,6 +359,29 @@ def test_the_way_back_only_goes_to_the_people_page(app, client, peopleadmin, tar
 )
 def test_junk_in_the_query_string_is_never_a_500(client, peopleadmin, query):
     assert client.get(PEOPLE, query_string=query).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "query",
+    [{"endpoint": "x"}, {"_method": "POST"}, {"_external": "1"}, {"_anchor": "x"},
+     {"_scheme": "https", "_external": "1"}, {"values": "1"}],
+)  # fmt: skip
+def test_url_for_argument_names_in_the_query_string_are_not_a_500_nor_change_the_pager(
+    app, client, peopleadmin, query
+):
+    """The pager's links are built from the request's query string: a parameter named as
+    one of url_for's own arguments was passed to it (a TypeError, a BuildError, an
+    absolute link, an anchor)."""
+    app.config["LICENSES_PAGE_SIZE"] = 1
+    first = client.get(PEOPLE, query_string={**query, "state": "active"})
+    assert first.status_code == 200
+    html = first.get_data(as_text=True)
+    next_link = re.search(r'href="([^"]+)" rel="next"', html).group(1)
+    assert next_link == f"{PEOPLE}?state=active&amp;after={user_id(app, 'admin')}"
+    second = client.get(next_link.replace("&amp;", "&") + "&" + urlencode(query))
+    assert second.status_code == 200
+    prev_link = re.search(r'href="([^"]+)" rel="prev"', second.get_data(as_text=True)).group(1)
+    assert prev_link.startswith(f"{PEOPLE}?") and "#" not in prev_link
 
 
 def test_an_id_out_of_range_is_not_found(client, peopleadmin):
