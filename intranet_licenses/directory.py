@@ -834,8 +834,10 @@ def _apply(session, listing, new_people, report, known_ids, *, progress, actor, 
     for user_id, outcome in reenabled.items():
         user = session.get(ad.model, user_id)
         try:
-            seats.unblock(session, user, actor=actor, now=now, path=path, action="activate")
-            outcome = "activated"
+            # Only from the directory's block: an administrator may have blocked them since.
+            if seats.unblock(session, user, actor=actor, now=now, path=path, action="activate",
+                             only_reason=BLOCKED_BY_DIRECTORY):  # fmt: skip
+                outcome = "activated"
         except seats.SeatLimitExceeded:
             seats.block(session, user, reason=AWAITING_LICENSE, actor=actor, now=now, path=path)
             outcome = "requeued"

@@ -1126,13 +1126,29 @@ def block(session, user, *, reason: str = BLOCKED_BY_ADMIN, actor: str, now: dat
     )
 
 
-def unblock(session, user, *, actor: str, now: datetime, path: str, action: str = "unblock"):
-    """Make a blocked person active again if their pool has a free seat."""
+def unblock(
+    session,
+    user,
+    *,
+    actor: str,
+    now: datetime,
+    path: str,
+    action: str = "unblock",
+    only_reason: str | None = None,
+) -> bool:
+    """Make a blocked person active again if their pool has a free seat; True if this did.
+
+    With ``only_reason``, a person blocked for another reason is left blocked: 'Activate
+    waiting' seats the people awaiting a license, and an administrator may have blocked one
+    of them meanwhile (read here after the row's lock, as committed).
+    """
     ad = adapter()
     profile = _locked_profile(session, user)
     username = ad.get(user, "username")
     if ad.get(user, "active"):
-        return
+        return False
+    if only_reason is not None and profile.block_reason != only_reason:
+        return False
     inspect(user).info["licenses_path"] = path
     ad.set(user, "active", True)
     try:
@@ -1147,6 +1163,7 @@ def unblock(session, user, *, actor: str, now: datetime, path: str, action: str 
     audit.record(
         session, at=now, actor=actor, action=action, path=path, subject=username, pool=profile.pool
     )
+    return True
 
 
 def delete(session, user, *, actor: str, now: datetime, path: str) -> None:
@@ -1366,7 +1383,9 @@ def _activate_one_by_one(session, user_ids, result, *, actor, now, path) -> None
             continue
         user = session.get(ad.model, user_id)
         try:
-            unblock(session, user, actor=actor, now=now, path=path, action="activate")
+            if not unblock(session, user, actor=actor, now=now, path=path, action="activate",
+                           only_reason=AWAITING_LICENSE):  # fmt: skip
+                continue  # no longer waiting: activated, or blocked by someone, meanwhile
         except SeatLimitExceeded:
             full.add(profile.pool)
             result.still_waiting += 1

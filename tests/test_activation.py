@@ -10,7 +10,7 @@ from conftest import demo_app_on, person_state, usage
 
 import wsgi
 from intranet_licenses import licensing, seats
-from intranet_licenses.models import AWAITING_LICENSE, AuditEvent, utcnow
+from intranet_licenses.models import AWAITING_LICENSE, BLOCKED_BY_ADMIN, AuditEvent, utcnow
 
 T1 = datetime(2026, 11, 1, 9, 0)
 T2 = T1 + timedelta(days=1)
@@ -163,6 +163,37 @@ def test_after_a_refused_batch_no_younger_person_of_its_pools_is_activated_first
     assert person_state(full_app, "i14")[3] == AWAITING_LICENSE
     assert usage(full_app)["intranet"] == 5
     assert _audit(full_app, "refused") == ["i13", "e00"]
+    _check_exact(full_app)
+
+
+def test_a_person_blocked_by_an_administrator_meanwhile_stays_blocked(
+    full_app, make_license, monkeypatch
+):
+    """The pool read full, so its people are tried one by one; before that, an
+    administrator blocked i10 (the oldest): i10 stays blocked by the administrator and the
+    seats go to the next three."""
+    _install(full_app, make_license, intranet=3, extranet=0)
+    read_pools = seats._read_pools
+
+    def read_full(session, conn, pools, today, **kwargs):
+        read, taken = read_pools(session, conn, pools, today, **kwargs)
+        full = {p: seats._PoolReading(10**6, r.episode_open) for p, r in read.readings.items()}
+        monkeypatch.setattr(seats, "_read_pools", read_pools)  # only the first reading
+        return seats._PoolsRead(read.pools, full, read.current), taken
+
+    one_by_one = seats._activate_one_by_one
+
+    def block_i10_first(session, user_ids, result, **kwargs):
+        i10 = session.scalar(sa.select(wsgi.User).filter_by(username="i10"))
+        seats.block(session, i10, actor="admin", now=utcnow(), path="page")
+        one_by_one(session, user_ids, result, **kwargs)
+
+    monkeypatch.setattr(seats, "_read_pools", read_full)
+    monkeypatch.setattr(seats, "_activate_one_by_one", block_i10_first)
+    result = _activate(full_app)
+    assert result.activated == ["i11", "i12", "i13"]
+    assert person_state(full_app, "i10")[3] == BLOCKED_BY_ADMIN
+    assert usage(full_app)["intranet"] == 3
     _check_exact(full_app)
 
 

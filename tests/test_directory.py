@@ -257,6 +257,31 @@ def test_a_disabled_account_enabled_again_with_a_free_seat_is_active(app, instal
     assert states(app)["gil"] == (True, None)
 
 
+def test_an_administrators_block_during_the_sync_outlasts_the_directorys_enable(
+    app, install_license, tree, monkeypatch
+):
+    """gil, blocked by the directory, is enabled there again; just before the sync seats
+    him, an administrator blocks him (the sync's unblock reads the row after its lock):
+    he stays blocked by the administrator."""
+    install_license(intranet=5)
+    dn = tree.add_ad_user("gil")
+    sync(app)
+    tree.disable(dn)
+    sync(app)
+    assert states(app)["gil"] == (False, BLOCKED_BY_DIRECTORY)
+    tree.disable(dn, False)
+    unblock = seats.unblock
+
+    def blocked_by_an_administrator_first(session, user, **kwargs):
+        seats.block(session, user, actor="peopleadmin", now=utcnow(), path="page")
+        return unblock(session, user, **kwargs)
+
+    monkeypatch.setattr(seats, "unblock", blocked_by_an_administrator_first)
+    report = sync(app)
+    assert report.activated == 0
+    assert states(app)["gil"] == (False, BLOCKED_BY_ADMIN)
+
+
 def test_a_rename_and_new_names_update_the_same_profile_even_when_full(app, install_license, tree):
     install_license(intranet=1)
     dn = tree.add_ad_user("hal", first="Hal", surname="Jordan", mail="hal@example.com")
