@@ -13,7 +13,10 @@ from urllib.parse import unquote, urlsplit
 from flask import Blueprint, current_app, flash, g, redirect, render_template, request, url_for
 from flask_wtf.csrf import generate_csrf
 from markupsafe import Markup
+from sqlalchemy import Boolean
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from . import access, csv_import, license_requests, licensing, notifications, people, seats
@@ -103,33 +106,55 @@ def _session():
     return adapter().session
 
 
+class _nothing_written(FunctionElement):
+    """A column of the figures statement: true while this transaction has written nothing,
+    as PostgreSQL knows it (a transaction is given an id at its first write, by whichever
+    code); false on the other databases, which ``_commits_reads`` leaves alone."""
+
+    type = Boolean()
+    name = "nothing_written"
+    inherit_cache = True
+
+
+@compiles(_nothing_written)
+def _nothing_written_default(element, compiler, **kw):
+    return "0"
+
+
+@compiles(_nothing_written, "postgresql")
+def _nothing_written_postgresql(element, compiler, **kw):
+    return "pg_current_xact_id_if_assigned() IS NULL"
+
+
+_NOTHING_WRITTEN = _nothing_written().label("licenses_nothing_written")
+
+
 def _commits_reads(view):
-    """End a reading page's transaction on PostgreSQL with COMMIT when it wrote nothing.
+    """End a figures page's transaction on PostgreSQL with COMMIT when it wrote nothing.
 
     psycopg forgets its prepared statements at every ROLLBACK (and deallocates them on the
     server), so a page whose transaction the teardown rolls back has PostgreSQL parse and
     plan each of its statements again on every view. Committing a transaction that wrote
     nothing changes no data and keeps them prepared, from a connection's sixth view of a
     page on: the server's CPU for the People page at 1,000,000 profiles 1.19 -> 0.55 ms, for
-    the License page 0.99 -> 0.32 ms (docs/performance.md). The server says whether anything
-    was written, by whichever code (``pg_current_xact_id_if_assigned()`` is NULL until a
-    transaction writes): a host's change made earlier in the request, flushed or not, is left
-    to the teardown's ROLLBACK, as on any other page; so is everything when the view raised.
-    SQLite keeps its prepared statements through a ROLLBACK: there nothing changes.
+    the License page 0.99 -> 0.32 ms (docs/performance.md).
+
+    The figures statement (``_reading``) asks the server whether the transaction has written
+    anything, no round trip of its own (and the session whether it holds changes not yet
+    flushed): every host hook that runs before the view has run, and these pages write
+    nothing after their reading (a license state noticed is committed
+    at once, and the figures are read again). A host's change made earlier in the request,
+    flushed or not, is left to the teardown's ROLLBACK, as on any other page; so is
+    everything when the view raised. SQLite keeps its prepared statements through a
+    ROLLBACK: there nothing changes.
     """
 
     @functools.wraps(view)
     def wrapped(*args, **kwargs):
         response = view(*args, **kwargs)
         session = _session()
-        if session.new or session.dirty or session.deleted:
-            return response
-        connection = session.connection()
-        if (
-            connection.dialect.name == "postgresql"
-            and connection.exec_driver_sql(
-                "SELECT pg_current_xact_id_if_assigned() IS NULL"
-            ).scalar()
+        if g.pop("licenses_nothing_written", False) and not (
+            session.new or session.dirty or session.deleted
         ):
             session.commit()
         return response
@@ -600,12 +625,17 @@ def _reading(session, now, also: tuple = (), params=None) -> seats.Reading:
     """The license, the seat figures and the license state last seen (and ``also``, with
     its bound ``params``), in one statement; a license no longer valid is noticed from it,
     as on every other page."""
+    also = (*also, _NOTHING_WRITTEN)
     reading = seats.license_and_figures(session, now, also, params)
     read = (reading.current, reading.license_state_seen)
     if notifications.notice_license_state(session, now, read):
         session.commit()
         # The notice may have opened episodes and queued mail: show them (once per change).
         reading = seats.license_and_figures(session, now, also, params)
+    # A host's change not flushed yet is one too (the figures are read on the connection,
+    # without the session's autoflush, and a later query of the page would flush it).
+    pending = session.new or session.dirty or session.deleted
+    g.licenses_nothing_written = reading.row["licenses_nothing_written"] and not pending
     return reading
 
 
