@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import secrets
 import time
@@ -13,10 +12,7 @@ from urllib.parse import unquote, urlsplit
 from flask import Blueprint, current_app, flash, g, redirect, render_template, request, url_for
 from flask_wtf.csrf import generate_csrf
 from markupsafe import Markup
-from sqlalchemy import Boolean
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql.functions import FunctionElement
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from . import access, csv_import, license_requests, licensing, notifications, people, seats
@@ -106,62 +102,6 @@ def _session():
     return adapter().session
 
 
-class _nothing_written(FunctionElement):
-    """A column of the figures statement: true while this transaction has written nothing,
-    as PostgreSQL knows it (a transaction is given an id at its first write, by whichever
-    code); false on the other databases, which ``_commits_reads`` leaves alone."""
-
-    type = Boolean()
-    name = "nothing_written"
-    inherit_cache = True
-
-
-@compiles(_nothing_written)
-def _nothing_written_default(element, compiler, **kw):
-    return "0"
-
-
-@compiles(_nothing_written, "postgresql")
-def _nothing_written_postgresql(element, compiler, **kw):
-    return "pg_current_xact_id_if_assigned() IS NULL"
-
-
-_NOTHING_WRITTEN = _nothing_written().label("licenses_nothing_written")
-
-
-def _commits_reads(view):
-    """End a figures page's transaction on PostgreSQL with COMMIT when it wrote nothing.
-
-    psycopg forgets its prepared statements at every ROLLBACK (and deallocates them on the
-    server), so a page whose transaction the teardown rolls back has PostgreSQL parse and
-    plan each of its statements again on every view. Committing a transaction that wrote
-    nothing changes no data and keeps them prepared, from a connection's sixth view of a
-    page on: the server's CPU per request at 1,000,000 profiles for the License page 1.27 ->
-    0.53 ms, the People page 1.11 -> 0.79, a search for "an" 2.34 -> 1.11 (docs/performance.md).
-
-    The figures statement (``_reading``) asks the server whether the transaction has written
-    anything, no round trip of its own (and the session whether it holds changes not yet
-    flushed): every host hook that runs before the view has run, and these pages write
-    nothing after their reading (a license state noticed is committed
-    at once, and the figures are read again). A host's change made earlier in the request,
-    flushed or not, is left to the teardown's ROLLBACK, as on any other page; so is
-    everything when the view raised. SQLite keeps its prepared statements through a
-    ROLLBACK: there nothing changes.
-    """
-
-    @functools.wraps(view)
-    def wrapped(*args, **kwargs):
-        response = view(*args, **kwargs)
-        session = _session()
-        if g.pop("licenses_nothing_written", False) and not (
-            session.new or session.dirty or session.deleted
-        ):
-            session.commit()
-        return response
-
-    return wrapped
-
-
 def _area_choices():
     # SelectChoice, not (value, label) tuples: WTForms 3.3 deprecates tuples (a warning,
     # which the test suite turns into an error).
@@ -174,7 +114,6 @@ def _area_choices():
 
 
 @bp.get("/")
-@_commits_reads
 @role_required(SYSADMIN)
 def license_page():
     return _render_license()
@@ -259,7 +198,6 @@ def fetch_license():
 
 
 @bp.get("/summary")
-@_commits_reads
 @role_required(SYSADMIN)
 def summary():
     session = _session()
@@ -283,7 +221,6 @@ def _int_arg(name: str) -> int | None:
 
 
 @bp.get("/people")
-@_commits_reads
 @role_required(PEOPLE_ADMIN)
 def people_page():
     """The People page: the seat figures, the filter form and a page of people (adding one
@@ -625,17 +562,12 @@ def _reading(session, now, also: tuple = (), params=None) -> seats.Reading:
     """The license, the seat figures and the license state last seen (and ``also``, with
     its bound ``params``), in one statement; a license no longer valid is noticed from it,
     as on every other page."""
-    also = (*also, _NOTHING_WRITTEN)
     reading = seats.license_and_figures(session, now, also, params)
     read = (reading.current, reading.license_state_seen)
     if notifications.notice_license_state(session, now, read):
         session.commit()
         # The notice may have opened episodes and queued mail: show them (once per change).
         reading = seats.license_and_figures(session, now, also, params)
-    # A host's change not flushed yet is one too (the figures are read on the connection,
-    # without the session's autoflush, and a later query of the page would flush it).
-    pending = session.new or session.dirty or session.deleted
-    g.licenses_nothing_written = reading.row["licenses_nothing_written"] and not pending
     return reading
 
 
