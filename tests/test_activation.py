@@ -72,6 +72,31 @@ def _audit(app, outcome):
         ).all()
 
 
+def _admit_two_late(app):
+    """Two people admitted by someone else (they take two intranet seats)."""
+    for name in ("late1", "late2"):
+        with app.app_context():
+            seats.add_person(
+                wsgi.db.session, username=name, first_name="L", surname="Ate", email="",
+                actor="other", now=utcnow(), path="other",
+            )  # fmt: skip
+            wsgi.db.session.commit()
+
+
+def _first_reading_says(monkeypatch, *, used: int) -> None:
+    """activate_waiting's reading of the free seats finds ``used`` seats taken in every
+    pool; the readings after it (the safety net's) are the real ones."""
+    read_pools = seats._read_pools
+
+    def reading(session, conn, pools, today, **kwargs):
+        read, taken = read_pools(session, conn, pools, today, **kwargs)
+        said = {p: seats._PoolReading(used, r.episode_open) for p, r in read.readings.items()}
+        monkeypatch.setattr(seats, "_read_pools", read_pools)  # only the first reading
+        return seats._PoolsRead(read.pools, said, read.current), taken
+
+    monkeypatch.setattr(seats, "_read_pools", reading)
+
+
 def _check_exact(app):
     """Counters, waiting counts and profiles agree: recount finds nothing to repair."""
     with app.app_context():
@@ -110,22 +135,8 @@ def test_a_batch_that_finds_fewer_seats_than_it_read_is_done_one_by_one(
     missed them): the batch's conditional UPDATE refuses, and the people are activated
     one by one, oldest first, until the pool is full."""
     _install(full_app, make_license, intranet=5, extranet=0)
-    for name in ("late1", "late2"):
-        with full_app.app_context():
-            seats.add_person(
-                wsgi.db.session, username=name, first_name="L", surname="Ate", email="",
-                actor="other", now=utcnow(), path="other",
-            )  # fmt: skip
-            wsgi.db.session.commit()
-    read_pools = seats._read_pools
-
-    def reading_without_them(session, conn, pools, today, **kwargs):
-        read, taken = read_pools(session, conn, pools, today, **kwargs)
-        stale = {p: seats._PoolReading(0, r.episode_open) for p, r in read.readings.items()}
-        monkeypatch.setattr(seats, "_read_pools", read_pools)  # only the first reading
-        return seats._PoolsRead(read.pools, stale, read.current), taken
-
-    monkeypatch.setattr(seats, "_read_pools", reading_without_them)
+    _admit_two_late(full_app)
+    _first_reading_says(monkeypatch, used=0)  # a reading that missed them
     result = _activate(full_app)
     assert result.activated == ["i10", "i11", "i12"]  # the three oldest: 5 seats, 2 taken
     assert usage(full_app)["intranet"] == 5
@@ -142,22 +153,8 @@ def test_after_a_refused_batch_no_younger_person_of_its_pools_is_activated_first
     them)."""
     monkeypatch.setattr(seats, "ACTIVATE_BATCH", 4)  # i10..i13 refused, then [i14]
     _install(full_app, make_license, intranet=5, extranet=0)
-    for name in ("late1", "late2"):
-        with full_app.app_context():
-            seats.add_person(
-                wsgi.db.session, username=name, first_name="L", surname="Ate", email="",
-                actor="other", now=utcnow(), path="other",
-            )  # fmt: skip
-            wsgi.db.session.commit()
-    read_pools = seats._read_pools
-
-    def reading_without_them(session, conn, pools, today, **kwargs):
-        read, taken = read_pools(session, conn, pools, today, **kwargs)
-        stale = {p: seats._PoolReading(0, r.episode_open) for p, r in read.readings.items()}
-        monkeypatch.setattr(seats, "_read_pools", read_pools)  # only the first reading
-        return seats._PoolsRead(read.pools, stale, read.current), taken
-
-    monkeypatch.setattr(seats, "_read_pools", reading_without_them)
+    _admit_two_late(full_app)
+    _first_reading_says(monkeypatch, used=0)  # a reading that missed them
     result = _activate(full_app)
     assert result.activated == ["i10", "i11", "i12"]
     assert person_state(full_app, "i14")[3] == AWAITING_LICENSE
@@ -173,14 +170,7 @@ def test_a_person_blocked_by_an_administrator_meanwhile_stays_blocked(
     administrator blocked i10 (the oldest): i10 stays blocked by the administrator and the
     seats go to the next three."""
     _install(full_app, make_license, intranet=3, extranet=0)
-    read_pools = seats._read_pools
-
-    def read_full(session, conn, pools, today, **kwargs):
-        read, taken = read_pools(session, conn, pools, today, **kwargs)
-        full = {p: seats._PoolReading(10**6, r.episode_open) for p, r in read.readings.items()}
-        monkeypatch.setattr(seats, "_read_pools", read_pools)  # only the first reading
-        return seats._PoolsRead(read.pools, full, read.current), taken
-
+    _first_reading_says(monkeypatch, used=10**6)
     one_by_one = seats._activate_one_by_one
 
     def block_i10_first(session, user_ids, result, **kwargs):
@@ -188,7 +178,6 @@ def test_a_person_blocked_by_an_administrator_meanwhile_stays_blocked(
         seats.block(session, i10, actor="admin", now=utcnow(), path="page")
         one_by_one(session, user_ids, result, **kwargs)
 
-    monkeypatch.setattr(seats, "_read_pools", read_full)
     monkeypatch.setattr(seats, "_activate_one_by_one", block_i10_first)
     result = _activate(full_app)
     assert result.activated == ["i11", "i12", "i13"]
