@@ -835,8 +835,15 @@ def _apply(session, listing, new_people, report, known_ids, *, progress, actor, 
         user = session.get(ad.model, user_id)
         try:
             # Only from the directory's block: an administrator may have blocked them since.
-            if seats.unblock(session, user, actor=actor, now=now, path=path, action="activate",
-                             only_reason=BLOCKED_BY_DIRECTORY):  # fmt: skip
+            if seats.unblock(
+                session,
+                user,
+                actor=actor,
+                now=now,
+                path=path,
+                action="activate",
+                only_reason=BLOCKED_BY_DIRECTORY,
+            ):
                 outcome = "activated"
         except seats.SeatLimitExceeded:
             seats.block(session, user, reason=AWAITING_LICENSE, actor=actor, now=now, path=path)

@@ -1383,8 +1383,16 @@ def _activate_one_by_one(session, user_ids, result, *, actor, now, path) -> None
             continue
         user = session.get(ad.model, user_id)
         try:
-            if not unblock(session, user, actor=actor, now=now, path=path, action="activate",
-                           only_reason=AWAITING_LICENSE):  # fmt: skip
+            seated = unblock(
+                session,
+                user,
+                actor=actor,
+                now=now,
+                path=path,
+                action="activate",
+                only_reason=AWAITING_LICENSE,
+            )
+            if not seated:
                 continue  # no longer waiting: activated, or blocked by someone, meanwhile
         except SeatLimitExceeded:
             full.add(profile.pool)
