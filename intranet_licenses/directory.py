@@ -834,15 +834,8 @@ def _apply(session, listing, new_people, report, known_ids, *, progress, actor, 
     for user_id, outcome in reenabled.items():
         user = session.get(ad.model, user_id)
         try:
-            # Only from the directory's block: an administrator may have blocked them since.
-            if seats.unblock(
-                session,
-                user,
-                actor=actor,
-                now=now,
-                path=path,
-                action="activate",
-                only_reason=BLOCKED_BY_DIRECTORY,
+            if seats.activate(
+                session, user, blocked_as=BLOCKED_BY_DIRECTORY, actor=actor, now=now, path=path
             ):
                 outcome = "activated"
         except seats.SeatLimitExceeded:

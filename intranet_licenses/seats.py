@@ -1166,6 +1166,15 @@ def unblock(
     return True
 
 
+def activate(session, user, *, blocked_as: str, actor: str, now: datetime, path: str) -> bool:
+    """Seat a person blocked for the reason ``blocked_as`` (awaiting a license, or blocked by
+    the directory that enables them again), if their pool has a free seat; True if this did.
+    Anyone else is left as they are: an administrator may have blocked them meanwhile."""
+    return unblock(
+        session, user, actor=actor, now=now, path=path, action="activate", only_reason=blocked_as
+    )
+
+
 def delete(session, user, *, actor: str, now: datetime, path: str) -> None:
     """Delete a person for good (frees their seat)."""
     ad = adapter()
@@ -1383,14 +1392,8 @@ def _activate_one_by_one(session, user_ids, result, *, actor, now, path) -> None
             continue
         user = session.get(ad.model, user_id)
         try:
-            seated = unblock(
-                session,
-                user,
-                actor=actor,
-                now=now,
-                path=path,
-                action="activate",
-                only_reason=AWAITING_LICENSE,
+            seated = activate(
+                session, user, blocked_as=AWAITING_LICENSE, actor=actor, now=now, path=path
             )
             if not seated:
                 continue  # no longer waiting: activated, or blocked by someone, meanwhile
