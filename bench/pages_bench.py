@@ -38,7 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import machine  # noqa: E402
-from profiles import ROOT, build_postgres, build_sqlite  # noqa: E402
+from profiles import ROOT, build_postgres, build_sqlite, ensure_license  # noqa: E402
 
 
 def pages(size: int) -> list[tuple[str, str, str]]:
@@ -46,7 +46,7 @@ def pages(size: int) -> list[tuple[str, str, str]]:
     rare = f"user{size - 10:07d}"[:-1]  # the last 10 people, at the far end of the ids
     return [
         ("trivial page", "/hello", "Hello, Intranet"),
-        ("License", "/admin/licenses/", "License"),
+        ("License", "/admin/licenses/", "License is valid"),
         ("Summary", "/admin/licenses/summary", "Number of Users"),
         ("People, first page", "/admin/licenses/people", "user0000002"),
         ("People, q=an", "/admin/licenses/people?q=an", "Anna"),
@@ -166,6 +166,7 @@ def main() -> None:
     else:
         url = f"sqlite:///{build_sqlite(folder, args.size)}"
         database = "SQLite"
+    ensure_license(url, folder / "instance", args.size)
     print(f"{machine.line()} · {database} · {args.size:,} profiles "
           f"(ready in {time.perf_counter() - began:.0f} s) · medians of {args.runs} runs "
           f"of {args.seconds} s · wrk 1 thread, {CONNECTIONS} connections",

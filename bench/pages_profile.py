@@ -35,7 +35,7 @@ import sqlalchemy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pages_bench import pages  # noqa: E402
-from profiles import ROOT, build_sqlite  # noqa: E402
+from profiles import ROOT, build_sqlite, ensure_license  # noqa: E402
 
 
 def main() -> None:
@@ -52,6 +52,7 @@ def main() -> None:
     folder = Path(args.folder or tempfile.mkdtemp(prefix="pages-profile-"))
     folder.mkdir(parents=True, exist_ok=True)
     url = args.url or f"sqlite:///{build_sqlite(folder, args.size)}"
+    ensure_license(url, folder / "instance", args.size)
     sys.path.insert(0, str(ROOT))
     import wsgi
 
