@@ -7,10 +7,10 @@ import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from . import audit, licensing, notifications, outbox
+from . import audit, json_rows, licensing, notifications, outbox
 from .errors import LicensesError
 from .extension import config
 from .models import (
@@ -278,13 +278,25 @@ def render(session, request: LicenseRequest, now: datetime) -> tuple[str, str, s
 
 
 _requests = LicenseRequest.__table__
-#: Built once: the License page runs it on every view.
-_HISTORY = select(_requests).order_by(_requests.c.id.desc()).limit(bindparam("limit"))
+#: How many requests the License page lists, newest first.
+HISTORY_SHOWN = 50
+_HISTORY_ORDER = (_requests.c.id.desc(),)
+#: Built once: the License page reads it on every view.
+_HISTORY = select(_requests).order_by(*_HISTORY_ORDER).limit(HISTORY_SHOWN)
+#: ``history``'s rows as one column (``license_requests``) to read with another select (the
+#: License page reads it with the seat figures: one statement fewer).
+HISTORY_COLUMN = json_rows.column(_HISTORY, order_by=_HISTORY_ORDER, label="license_requests")
 
 
-def history(session, limit: int = 50) -> list:
-    """The newest requests, as rows with LicenseRequest's attribute names."""
-    return session.connection().execute(_HISTORY, {"limit": limit}).all()
+def history(session) -> list:
+    """The newest requests (``HISTORY_SHOWN``), as named tuples with LicenseRequest's
+    attribute names."""
+    return history_from(session.connection().execute(select(HISTORY_COLUMN)).scalar_one())
+
+
+def history_from(value) -> list:
+    """The requests read as ``HISTORY_COLUMN``."""
+    return json_rows.rows(value, _HISTORY)
 
 
 def set_status(session, request_id: int, status: str, *, actor: str, now: datetime, path):

@@ -621,15 +621,16 @@ def page_info(session, read=None) -> PageInfo:
     ]
     return PageInfo(
         responsible=read["responsible"] or None,
-        outbox=outbox.state(session),
+        outbox=outbox.state_from(read["outbox"]),
         open_episodes=episodes,
     )
 
 
 @functools.cache
 def page_info_columns() -> tuple:
-    """The Responsible person, and when each pool's open episode opened (NULL when its
-    episode is closed), as columns to add to another select."""
+    """The Responsible person, when each pool's open episode opened (NULL when its episode
+    is closed) and the outbox's state (``outbox.state_column``), as columns to add to
+    another select."""
     responsible = select(_settings.c.value).where(_settings.c.name == RESPONSIBLE_PERSON)
     opened = [
         select(Episode.opened_at)
@@ -638,4 +639,4 @@ def page_info_columns() -> tuple:
         .label(f"episode_{pool}")
         for pool in POOLS
     ]
-    return (responsible.scalar_subquery().label("responsible"), *opened)
+    return (responsible.scalar_subquery().label("responsible"), *opened, outbox.state_column())

@@ -404,3 +404,67 @@ def test_every_form_on_the_page_carries_a_token_that_is_accepted(app, client, sy
     refused = client.post("/admin/licenses/responsible-person", data={"email": "x@example.com"})
     assert refused.status_code == 302  # no token: refused, nothing changed
     assert "x@example.com" not in text_of(client.get("/admin/licenses/"))
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_the_license_page_reads_its_lists_with_the_figures_in_one_statement(request, database):
+    """The outbox's last and unsent messages and the license requests are read with the
+    seat figures (json_rows): one statement besides the host's user load, and the page
+    shows what the tables hold, dates, quotes and all."""
+    from datetime import datetime
+
+    from intranet_licenses.models import LicenseRequest, OutboxMessage
+
+    app = request.getfixturevalue("app" if database == "sqlite" else "postgres_app")
+    with app.app_context():
+        session = wsgi.db.session
+
+        def message(subject, *, created, sent_at=None, attempts=0, last_error=None):
+            return OutboxMessage(
+                kind="exceeded", recipient="it@example.com", subject=subject, text="",
+                created_at=created, attempts=attempts, next_attempt_at=created,
+                sent_at=sent_at, last_error=last_error,
+            )  # fmt: skip
+
+        session.add_all([
+            message('Seats "full" & <more>', created=datetime(2026, 12, 1, 10, 0),
+                    sent_at=datetime(2026, 12, 1, 10, 15, 30, 250000)),
+            message("Waiting one", created=datetime(2026, 12, 2, 8, 5)),
+            message("Failed one", created=datetime(2026, 12, 2, 9, 0), attempts=2,
+                    last_error="421 try later"),
+        ])  # fmt: skip
+        for n, seats_ in enumerate((5, 7)):
+            session.add(LicenseRequest(
+                kind="add", seats=seats_, pool="extranet", note=f"Note {n}: “quoted”",
+                requester_name="Sam Sysadmin", requester_email="sam@example.com",
+                status="sent" if n else "cancelled", limits_before="",
+                created_at=datetime(2026, 11, 20 + n, 14, 30), created_by="sysadmin",
+            ))  # fmt: skip
+        session.commit()
+        statements = []
+        sa.event.listen(wsgi.db.engine, "before_cursor_execute",
+                        lambda *args: statements.append(args[2]))  # fmt: skip
+    client = app.test_client()
+    with client.session_transaction() as cookie:
+        cookie["user_id"] = 1  # the administrator account
+    response = client.get("/admin/licenses/")
+    assert response.status_code == 200
+    ours = [s for s in statements if "password_hash" not in s]  # not the host's user load
+    assert len(ours) == 1 and "licenses_seat_counter" in ours[0], ours
+    page = text_of(response)
+    assert (
+        'Last email sent: 2026-12-01 10:15 UTC to it@example.com: “Seats "full" & <more>”.' in page
+    )
+    assert "Waiting to be sent: 1 (oldest from 2026-12-02 08:05 UTC)." in page
+    assert (
+        "“Failed one” to it@example.com: 2 attempts, last error: 421 try later; "
+        "next attempt after 2026-12-02 09:00 UTC." in page
+    )
+    rows = re.findall(r"<tr>\s*<td>(\d+)</td>\s*<td>([^<]+)</td>\s*<td>([^<]+)<br><small>"
+                      r"([^<]+)</small></td>\s*<td>([^<]+)</td>\s*<td[^>]*>(\w+)</td>",
+                      response.get_data(as_text=True))  # fmt: skip
+    assert [row[1:] for row in rows] == [  # newest first
+        ("2026-11-21 14:30", "7 more extranet seats", "Note 1: “quoted”", "Sam Sysadmin", "Sent"),
+        ("2026-11-20 14:30", "5 more extranet seats", "Note 0: “quoted”", "Sam Sysadmin",
+         "Cancelled"),
+    ]  # fmt: skip

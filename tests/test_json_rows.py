@@ -1,0 +1,78 @@
+"""json_rows: a select's rows read as one JSON column of another select give back exactly
+what the select itself gives, in its order, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+import sqlalchemy as sa
+
+from intranet_licenses import json_rows
+
+_metadata = sa.MetaData()
+_things = sa.Table(
+    "json_rows_things",
+    _metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(64)),
+    sa.Column("note", sa.Text),
+    sa.Column("at", sa.DateTime),
+    sa.Column("done_at", sa.DateTime),
+    sa.Column("flag", sa.Boolean),
+    sa.Column("count", sa.Integer),
+)
+
+#: Every kind of value: quotes, backslashes, a newline, non-ASCII, a JSON-looking text,
+#: microseconds and none, NULLs.
+_ROWS = [
+    {"id": 1, "name": 'say "hi"', "note": "back\\slash\nnew line", "flag": True, "count": 0,
+     "at": datetime(2026, 12, 4, 9, 44, 0, 123456), "done_at": None},
+    {"id": 2, "name": "Zoë Ångström", "note": "[1, 2]", "flag": False, "count": -5,
+     "at": datetime(2026, 1, 1), "done_at": datetime(2026, 1, 2, 3, 4, 5)},
+    {"id": 3, "name": "", "note": None, "flag": None, "count": None,
+     "at": datetime(1999, 12, 31, 23, 59, 59, 999999), "done_at": None},
+] + [
+    {"id": 10 + n, "name": f"n{n:02d}", "note": "", "flag": n % 2 == 0, "count": n,
+     "at": datetime(2026, 6, 1, n % 24), "done_at": None}
+    for n in range(60)
+]  # fmt: skip
+
+
+def _check(engine) -> None:
+    _metadata.create_all(engine)
+    try:
+        with engine.begin() as conn:
+            conn.execute(_things.insert(), _ROWS)
+        order = (_things.c.at.desc(), _things.c.id)
+        statements = [
+            sa.select(_things).order_by(*order).limit(50),
+            sa.select(_things.c.name, _things.c.at).where(_things.c.count > 3).order_by(*order),
+        ]
+        with engine.connect() as conn:
+            for statement in statements:
+                column = json_rows.column(statement, order_by=order, label="things")
+                value = conn.execute(sa.select(column)).scalar_one()
+                read = json_rows.rows(value, statement)
+                expected = conn.execute(statement).all()
+                assert _typed(read) == _typed(expected)  # True, not 1; a datetime, not text
+                assert read[0]._fields == tuple(expected[0]._fields)
+            nothing = sa.select(_things).where(_things.c.id < 0).order_by(*order)
+            column = json_rows.column(nothing, order_by=order, label="things")
+            assert json_rows.rows(conn.execute(sa.select(column)).scalar_one(), nothing) == []
+    finally:
+        _metadata.drop_all(engine)
+        engine.dispose()
+
+
+def _typed(rows) -> list:
+    return [[(type(value), value) for value in row] for row in rows]
+
+
+def test_rows_read_as_json_are_the_rows_of_the_select_on_sqlite(tmp_path):
+    _check(sa.create_engine(f"sqlite:///{tmp_path / 'things.db'}"))
+
+
+@pytest.mark.postgres
+def test_rows_read_as_json_are_the_rows_of_the_select_on_postgresql(postgres_url):
+    _check(sa.create_engine(postgres_url))
