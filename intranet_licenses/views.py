@@ -12,7 +12,7 @@ from urllib.parse import unquote, urlsplit
 
 from flask import Blueprint, current_app, flash, g, redirect, render_template, request, url_for
 from flask_wtf.csrf import generate_csrf
-from markupsafe import Markup
+from markupsafe import Markup, escape
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from werkzeug.exceptions import RequestEntityTooLarge
 
@@ -84,8 +84,9 @@ def _csrf_field() -> Markup:
 def _new_csrf_field() -> Markup:
     if not current_app.config.get("WTF_CSRF_ENABLED", True):
         return Markup("")
-    name = current_app.config.get("WTF_CSRF_FIELD_NAME", "csrf_token")
-    return Markup('<input type="hidden" name="%s" value="%s">') % (name, generate_csrf())
+    name = escape(current_app.config.get("WTF_CSRF_FIELD_NAME", "csrf_token"))
+    # An f-string of escaped values: Markup's % operator took a third of this function.
+    return Markup(f'<input type="hidden" name="{name}" value="{escape(generate_csrf())}">')
 
 
 @bp.app_context_processor
