@@ -2,19 +2,15 @@
 
 A page that needs a few short lists besides its figures (the License page: the outbox's
 last and unsent messages, the newest license requests) reads them in the figures'
-statement instead of one statement each. On PostgreSQL every statement is a round trip,
-parsed and planned again (psycopg forgets its prepared statements at every ROLLBACK): read
-apart, the License page's two lists cost about 0.3 ms more of the app's CPU and 0.15 ms more
-of the server's per view, and the page served a sixth fewer requests/s (measured side by
-side; see docs/performance.md). The lists are short (at most 51 messages without their
-bodies, 50 requests) and uncorrelated: the database computes them once, though it sends
-them with each of the figures' rows.
+statement instead of in one statement each: on PostgreSQL every statement is a round trip,
+parsed and planned again (see docs/performance.md, section 1).
 
 ``column(statement, order_by=..., label=...)`` is a scalar subquery giving the rows of
 ``statement`` as a JSON array of arrays (PostgreSQL's ``json_agg``, SQLite's
-``json_group_array``); ``rows(value, statement)`` turns what the database returned into
-named tuples with the statement's column names, in ``order_by`` order, the timestamps
-as ``datetime`` again. An empty select reads as ``[]``.
+``json_group_array``); ``rows(read, statement)`` turns what the database returned into named
+tuples with the statement's column names, in ``order_by`` order, with the values the
+statement itself gives. Only columns whose values JSON gives back unchanged are accepted
+(``_CONVERTERS``); an empty select reads as ``[]``.
 """
 
 from __future__ import annotations
@@ -23,64 +19,108 @@ import json
 from collections import namedtuple
 from datetime import datetime
 
-from sqlalchemy import Boolean, DateTime, func, select
+from sqlalchemy import Boolean, DateTime, Enum, Integer, String, func, select
+from sqlalchemy.exc import CompileError
 from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql import visitors
+from sqlalchemy.sql.elements import ColumnClause
 from sqlalchemy.sql.functions import FunctionElement
-
-#: The label of the ordinal each row carries (its place in ``order_by``).
-_ORDINAL = "json_rows_ordinal"
+from sqlalchemy.sql.util import ClauseAdapter
 
 
 class _json_array_agg(FunctionElement):
-    """One JSON array of a JSON array per row of its arguments."""
+    """One JSON array (as text) of a JSON array per row of its arguments."""
 
-    name = "json_array_agg"
+    name = "json_rows"
     inherit_cache = True
 
 
 @compiles(_json_array_agg)
 def _json_array_agg_default(element, compiler, **kw):
+    raise CompileError("json_rows supports SQLite and PostgreSQL only.")
+
+
+@compiles(_json_array_agg, "sqlite")
+def _json_array_agg_sqlite(element, compiler, **kw):
     return f"json_group_array(json_array({compiler.process(element.clauses, **kw)}))"
 
 
 @compiles(_json_array_agg, "postgresql")
 def _json_array_agg_postgresql(element, compiler, **kw):
-    return f"json_agg(json_build_array({compiler.process(element.clauses, **kw)}))"
+    # As text: psycopg decodes a json value of every row it fetches, and the caller's
+    # select may repeat the column on several rows; ``rows`` decodes the one it uses.
+    return f"CAST(json_agg(json_build_array({compiler.process(element.clauses, **kw)})) AS TEXT)"
+
+
+def _as_is(value):
+    return value
+
+
+#: How a value JSON gave back becomes the column's value again, by the column's type. A
+#: type not here is refused by ``column``: JSON would give back a date or an enum member as
+#: text, a Decimal as a float.
+_CONVERTERS = (
+    (DateTime, datetime.fromisoformat),  # "2026-12-04 09:44:00.123456", or with a "T"
+    (Boolean, bool),  # SQLite's 0 and 1
+    (Integer, _as_is),  # BigInteger too
+    (String, _as_is),  # Text too
+)
+
+
+def _converter(column):
+    type_ = column.type
+    if not isinstance(type_, Enum) and not getattr(type_, "timezone", False):
+        for kind, convert in _CONVERTERS:
+            if isinstance(type_, kind):
+                return convert
+    raise TypeError(
+        f"json_rows cannot give back column {column.key!r} ({type_!r}) unchanged; "
+        "read it with a select of its own."
+    )
 
 
 def column(statement, *, order_by, label: str):
-    """The rows of ``statement`` (a select of columns, with its own LIMIT), ordered by
-    ``order_by``, as one labelled column to add to another select.
+    """The rows of ``statement`` (a select of columns, with its LIMIT if any), ordered by
+    ``order_by`` (which replaces its ORDER BY), as one labelled column of another select.
 
     The aggregate's own order is not defined (SQLite before 3.44 has no ORDER BY in an
-    aggregate), so each row carries its place, ``row_number() OVER (ORDER BY ...)``, and
-    ``rows`` sorts by it.
+    aggregate), so each row carries its place, ``row_number() OVER (ORDER BY ...)`` over
+    the rows the LIMIT kept, and ``rows`` sorts by it. ``order_by`` may refer only to
+    columns the statement selects; a column of a type JSON cannot give back is refused.
     """
-    ordinal = func.row_number().over(order_by=order_by).label(_ORDINAL)
-    inner = statement.add_columns(ordinal).subquery()
-    values = [inner.c[_ORDINAL], *(inner.c[c.key] for c in statement.selected_columns)]
+    selected = list(statement.selected_columns)
+    for c in selected:
+        _converter(c)
+    selected_ids = {id(c) for c in selected}
+    for expression in order_by:
+        for element in visitors.iterate(expression):
+            if isinstance(element, ColumnClause) and id(element) not in selected_ids:
+                raise ValueError(f"json_rows: {element} is in order_by but not selected.")
+    inner = statement.order_by(None).order_by(*order_by).subquery()
+    ordinal = func.row_number().over(order_by=[ClauseAdapter(inner).traverse(e) for e in order_by])
+    # Numbered in a select of their own: a window function cannot be an aggregate's argument.
+    numbered = select(ordinal.label("json_rows_ordinal"), *inner.c).subquery()
+    values = [numbered.c.json_rows_ordinal, *(numbered.c[c.key] for c in selected)]
     return select(_json_array_agg(*values)).scalar_subquery().label(label)
 
 
-def rows(value, statement) -> list:
+def rows(read, statement) -> list:
     """The rows ``column(statement, ...)`` read, as named tuples, in order.
 
-    ``value`` is what the database gave: text on SQLite, already decoded on PostgreSQL
-    (psycopg loads ``json``), None for no rows on PostgreSQL.
+    ``read`` is what the database gave: JSON text, or None (PostgreSQL's aggregate over no
+    rows).
     """
-    if value is None:
+    if read is None:
         return []
-    if isinstance(value, str | bytes):
-        value = json.loads(value)
-    columns = list(statement.selected_columns)
-    row_type = _row_type(tuple(c.key for c in columns))
-    converters = [_converter(c.type) for c in columns]
+    selected = list(statement.selected_columns)
+    row_type = _row_type(tuple(c.key for c in selected))
+    converters = [_converter(c) for c in selected]
     return [
         row_type._make(
-            v if v is None or convert is None else convert(v)
-            for convert, v in zip(converters, values[1:], strict=True)
+            value if value is None else convert(value)
+            for convert, value in zip(converters, values[1:], strict=True)
         )
-        for values in sorted(value, key=lambda values: values[0])
+        for values in sorted(json.loads(read), key=lambda values: values[0])
     ]
 
 
@@ -92,12 +132,3 @@ def _row_type(names: tuple) -> type:
     if row_type is None:
         row_type = _row_types[names] = namedtuple("JsonRow", names)
     return row_type
-
-
-def _converter(type_):
-    """How a JSON value becomes the column's Python value again (None: it already is)."""
-    if isinstance(type_, DateTime):
-        return datetime.fromisoformat  # "2026-12-04 09:44:00.123456", or with a "T"
-    if isinstance(type_, Boolean):
-        return bool  # SQLite's 0 and 1
-    return None

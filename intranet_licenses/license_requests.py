@@ -280,17 +280,21 @@ def render(session, request: LicenseRequest, now: datetime) -> tuple[str, str, s
 _requests = LicenseRequest.__table__
 #: How many requests the License page lists, newest first.
 HISTORY_SHOWN = 50
-_HISTORY_ORDER = (_requests.c.id.desc(),)
-#: Built once: the License page reads it on every view.
-_HISTORY = select(_requests).order_by(*_HISTORY_ORDER).limit(HISTORY_SHOWN)
+#: What the License page shows of a request.
+_HISTORY_SHOWN_COLUMNS = ("id", "created_at", "kind", "seats", "pool", "from_pool", "to_pool",
+                          "note", "requester_name", "status")  # fmt: skip
+#: Built once: the License page reads it on every view (ordered by ``HISTORY_COLUMN``).
+_HISTORY = select(*(_requests.c[name] for name in _HISTORY_SHOWN_COLUMNS)).limit(HISTORY_SHOWN)
 #: ``history``'s rows as one column (``license_requests``) to read with another select (the
 #: License page reads it with the seat figures: one statement fewer).
-HISTORY_COLUMN = json_rows.column(_HISTORY, order_by=_HISTORY_ORDER, label="license_requests")
+HISTORY_COLUMN = json_rows.column(
+    _HISTORY, order_by=(_requests.c.id.desc(),), label="license_requests"
+)
 
 
 def history(session) -> list:
-    """The newest requests (``HISTORY_SHOWN``), as named tuples with LicenseRequest's
-    attribute names."""
+    """The newest requests (``HISTORY_SHOWN``), as named tuples with the attribute names of
+    LicenseRequest that the License page shows."""
     return history_from(session.connection().execute(select(HISTORY_COLUMN)).scalar_one())
 
 

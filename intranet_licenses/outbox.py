@@ -370,8 +370,7 @@ def _state_statement(kinds: tuple[str, ...] | None):
     return (
         select(*shown)
         .where(or_(of_kinds(_table.c.sent_at.is_(None)), _table.c.id == last_sent))
-        .order_by(*_STATE_ORDER)
-        .limit(_UNSENT_SHOWN + 1)  # the last one sent comes first
+        .limit(_UNSENT_SHOWN + 1)  # in ``_STATE_ORDER`` (``state_column``)
     )
 
 

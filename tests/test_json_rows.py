@@ -44,21 +44,23 @@ def _check(engine) -> None:
     try:
         with engine.begin() as conn:
             conn.execute(_things.insert(), _ROWS)
-        order = (_things.c.at.desc(), _things.c.id)
+        # (statement, order): the order replaces the statement's own, before its LIMIT
         statements = [
-            sa.select(_things).order_by(*order).limit(50),
-            sa.select(_things.c.name, _things.c.at).where(_things.c.count > 3).order_by(*order),
-        ]
+            (sa.select(_things).limit(50), (_things.c.at.desc(), _things.c.id)),
+            (sa.select(_things.c.name, _things.c.at).where(_things.c.count > 3),
+             (_things.c.name.desc(),)),
+        ]  # fmt: skip
         with engine.connect() as conn:
-            for statement in statements:
+            for statement, order in statements:
                 column = json_rows.column(statement, order_by=order, label="things")
+                statement = statement.order_by(*order)
                 value = conn.execute(sa.select(column)).scalar_one()
                 read = json_rows.rows(value, statement)
                 expected = conn.execute(statement).all()
                 assert _typed(read) == _typed(expected)  # True, not 1; a datetime, not text
                 assert read[0]._fields == tuple(expected[0]._fields)
-            nothing = sa.select(_things).where(_things.c.id < 0).order_by(*order)
-            column = json_rows.column(nothing, order_by=order, label="things")
+            nothing = sa.select(_things).where(_things.c.id < 0)
+            column = json_rows.column(nothing, order_by=(_things.c.id,), label="things")
             assert json_rows.rows(conn.execute(sa.select(column)).scalar_one(), nothing) == []
     finally:
         _metadata.drop_all(engine)
@@ -76,3 +78,28 @@ def test_rows_read_as_json_are_the_rows_of_the_select_on_sqlite(tmp_path):
 @pytest.mark.postgres
 def test_rows_read_as_json_are_the_rows_of_the_select_on_postgresql(postgres_url):
     _check(sa.create_engine(postgres_url))
+
+
+class _UtcDateTime(sa.TypeDecorator):
+    impl = sa.DateTime
+    cache_ok = True
+
+
+@pytest.mark.parametrize(
+    "type_",
+    [sa.Date(), sa.Numeric(10, 2), sa.Float(), sa.Enum("red", "blue"), sa.Uuid(),
+     sa.DateTime(timezone=True), _UtcDateTime()],
+    ids=lambda t: type(t).__name__,
+)  # fmt: skip
+def test_a_column_json_cannot_give_back_unchanged_is_refused(type_):
+    """A date or an enum member would come back as text, a Decimal as a float: refused
+    when the column is built, not changed when it is read."""
+    table = sa.Table("json_rows_typed", sa.MetaData(), sa.Column("id", sa.Integer),
+                     sa.Column("value", type_))  # fmt: skip
+    with pytest.raises(TypeError, match="'value'"):
+        json_rows.column(sa.select(table), order_by=(table.c.id,), label="typed")
+
+
+def test_an_order_on_a_column_not_selected_is_refused():
+    with pytest.raises(ValueError, match="not selected"):
+        json_rows.column(sa.select(_things.c.name), order_by=(_things.c.id,), label="things")

@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 import sqlalchemy as sa
 from conftest import license_fields
+from markupsafe import Markup
 
 import wsgi
 from intranet_licenses.license_file import load_license, load_public_keys, sign_text
@@ -406,7 +407,12 @@ def test_every_form_on_the_page_carries_a_token_that_is_accepted(app, client, sy
     assert "x@example.com" not in text_of(client.get("/admin/licenses/"))
 
 
-@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+BOTH_DATABASES = pytest.mark.parametrize(
+    "database", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+
+
+@BOTH_DATABASES
 def test_the_license_page_reads_its_lists_with_the_figures_in_one_statement(request, database):
     """The outbox's last and unsent messages and the license requests are read with the
     seat figures (json_rows): one statement besides the host's user load, and the page
@@ -468,3 +474,88 @@ def test_the_license_page_reads_its_lists_with_the_figures_in_one_statement(requ
         ("2026-11-20 14:30", "5 more extranet seats", "Note 0: “quoted”", "Sam Sysadmin",
          "Cancelled"),
     ]  # fmt: skip
+
+
+def _many_messages_and_requests(app, *, requests=60, unsent=70):
+    """``unsent`` messages (kinds alternating, every third never tried) and ``requests``
+    license requests all made at the same moment; the outbox state, the state of the
+    request messages alone, and the request history, as the License page reads them."""
+    from datetime import datetime, timedelta
+
+    from intranet_licenses import license_requests, outbox
+    from intranet_licenses.models import LicenseRequest, OutboxMessage
+
+    base = datetime(2026, 12, 1, 9, 0)
+    with app.app_context():
+        session = wsgi.db.session
+        for n in range(unsent):
+            session.add(OutboxMessage(
+                kind=("request", "exceeded")[n % 2], recipient="it@example.com",
+                subject=f"unsent {n}", text="", created_at=base + timedelta(minutes=n),
+                attempts=n % 3, next_attempt_at=base, last_error="e" if n % 3 else None,
+            ))  # fmt: skip
+        for n in range(requests):
+            session.add(LicenseRequest(
+                kind="add", seats=5 + n, pool="extranet", note=f"note {n}",
+                requester_name="Sam", requester_email="s@example.com", status="sent",
+                limits_before="", created_at=base, created_by="x",
+            ))  # fmt: skip
+        session.commit()
+        return (outbox.state(session), outbox.state(session, kinds=("request",)),
+                license_requests.history(session))  # fmt: skip
+
+
+@BOTH_DATABASES
+def test_long_lists_keep_their_order(request, database):
+    """More than the page lists: the first 50 unsent by id, the newest 50 requests by id
+    (all made at the same moment), whatever order the database aggregates them in."""
+    app = request.getfixturevalue("app" if database == "sqlite" else "postgres_app")
+    state, of_requests, history = _many_messages_and_requests(app)
+    assert [m.subject for m in state.waiting] == [f"unsent {n}" for n in range(0, 50, 3)]
+    unsent = [m.subject for m in state.waiting + state.failed]
+    assert sorted(unsent) == sorted(f"unsent {n}" for n in range(50))
+    assert [m.subject for m in of_requests.waiting] == [f"unsent {n}" for n in range(0, 70, 6)]
+    assert [r.seats for r in history] == [5 + n for n in range(59, 9, -1)]
+
+
+@pytest.mark.postgres
+def test_psycopg_decodes_none_of_the_lists(postgres_app):
+    """The lists come with each of the figures' rows (one per pool): they arrive as text,
+    which json_rows decodes once, not as json, which psycopg would decode on every row."""
+    import json
+
+    from psycopg.types.json import set_json_loads
+
+    _many_messages_and_requests(postgres_app, requests=3, unsent=3)
+    decoded = []
+
+    def loads(data):
+        decoded.append(data)
+        return json.loads(data)
+
+    set_json_loads(loads)
+    try:
+        client = postgres_app.test_client()
+        with client.session_transaction() as cookie:
+            cookie["user_id"] = 1  # the administrator account
+        response = client.get("/admin/licenses/")
+    finally:
+        set_json_loads(json.loads)
+    assert response.status_code == 200 and "6 more extranet seats" in text_of(response)
+    assert decoded == []
+
+
+@pytest.mark.parametrize(
+    "name", ["csrf_token", 'tok"en', "a<b>&c", "it's", Markup("<b>&amp;"), "é\u2028"]
+)
+def test_the_csrf_field_is_what_markup_formatting_writes(app, name):
+    """The small forms' CSRF field, written with an f-string of escaped values, has the
+    bytes Markup's % operator gave (and is still Markup)."""
+    from intranet_licenses import views
+
+    app.config.update(WTF_CSRF_ENABLED=True, WTF_CSRF_FIELD_NAME=name)
+    with app.test_request_context("/"):
+        field = views._new_csrf_field()
+        token = re.search(r'value="([^"]*)"', field).group(1)
+        expected = Markup('<input type="hidden" name="%s" value="%s">') % (name, token)
+    assert type(field) is Markup and str(field) == str(expected)
