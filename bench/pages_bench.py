@@ -166,7 +166,7 @@ def main() -> None:
     else:
         url = f"sqlite:///{build_sqlite(folder, args.size)}"
         database = "SQLite"
-    ensure_license(url, folder / "instance", args.size)
+    ensure_license(url, folder / "instance")
     print(f"{machine.line()} · {database} · {args.size:,} profiles "
           f"(ready in {time.perf_counter() - began:.0f} s) · medians of {args.runs} runs "
           f"of {args.seconds} s · wrk 1 thread, {CONNECTIONS} connections",

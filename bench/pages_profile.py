@@ -52,7 +52,7 @@ def main() -> None:
     folder = Path(args.folder or tempfile.mkdtemp(prefix="pages-profile-"))
     folder.mkdir(parents=True, exist_ok=True)
     url = args.url or f"sqlite:///{build_sqlite(folder, args.size)}"
-    ensure_license(url, folder / "instance", args.size)
+    ensure_license(url, folder / "instance")
     sys.path.insert(0, str(ROOT))
     import wsgi
 

@@ -85,22 +85,18 @@ def create_schema(url: str, instance: Path) -> None:
         wsgi.db.engine.dispose()
 
 
-#: The benchmark license's seats: room in every pool for the profiles of ``people`` (at
-#: 1,000,000: 539,999 intranet, 400,000 extranet and 10,000 read-only seats in use).
-LICENSE_SEATS = {"MAX_USERS": 0.6, "MAX_EXTRANET_USERS": 0.45, "MAX_READONLY_USERS": 0.02}
-
-
-def ensure_license(url: str, instance: Path, size: int) -> None:
+def ensure_license(url: str, instance: Path) -> None:
     """A valid license in force, as on a real intranet: the License page verifies it, shows
     every field and the meters their limits.
 
     The vendor key pair is kept in the ``instance`` folder, where the demo app finds the
     public key (``wsgi.create_app``); a database whose license is not valid under it (none
-    yet, say, or an older one) gets a new license for any host with room in every pool.
+    yet, say) gets a new license for any host with room in every pool: a tenth more seats
+    than its counters say are in use, so that no pool is over its limit.
     """
     sys.path.insert(0, str(ROOT))
     import wsgi
-    from intranet_licenses import licensing
+    from intranet_licenses import licensing, seats
     from intranet_licenses.license_file import generate_key_pair, sign_text
     from intranet_licenses.models import utcnow
 
@@ -114,10 +110,20 @@ def ensure_license(url: str, instance: Path, size: int) -> None:
     with app.app_context():
         session = wsgi.db.session
         if not licensing.current(session, utcnow().date()).status.valid:
-            fields = {"Registered-To": "Benchmark Intranet", "Host-Name": "*",
-                      "Issued": "2026-01-01", "Expires": "Never",
-                      **{key: str(int(size * share) + 1) for key, share in LICENSE_SEATS.items()},
-                      "CRM_ALLOWED": "Yes"}  # fmt: skip
+            used = {f.pool: f.used for f in seats.figures(session, utcnow())}
+            fields = {
+                "Registered-To": "Benchmark Intranet",
+                "Host-Name": "*",
+                "Issued": "2026-01-01",
+                "Expires": "Never",
+                "CRM_ALLOWED": "Yes",
+            }
+            for pool, key in (
+                ("intranet", "MAX_USERS"),
+                ("extranet", "MAX_EXTRANET_USERS"),
+                ("readonly", "MAX_READONLY_USERS"),
+            ):
+                fields[key] = str(used[pool] + used[pool] // 10 + 10)  # fmt: skip
             text = sign_text(fields, private.read_bytes())
             licensing.install(session, text, actor="bench", now=utcnow(), path="bench")
             session.commit()
