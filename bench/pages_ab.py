@@ -23,15 +23,21 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pages_bench import WORKER_CONNECTIONS, check, free_port, load, log_in, pages  # noqa: E402
+from pages_bench import (  # noqa: E402
+    WORKER_CONNECTIONS,
+    check,
+    free_port,
+    load,
+    log_in,
+    pages,
+    wait_for,
+)
 from profiles import ensure_license  # noqa: E402
 
 
@@ -47,12 +53,7 @@ def serve(root: Path, url: str, instance: Path) -> tuple[subprocess.Popen, int]:
          f"wsgi:create_app(instance_path={str(instance)!r})"],
         cwd=root, env={**os.environ, "DATABASE_URL": url}, start_new_session=True,
     )  # fmt: skip
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.2)
+    wait_for(port)
     return server, port
 
 

@@ -62,6 +62,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for(port: int) -> None:
+    """Until the server on ``port`` accepts connections (at most 20 s)."""
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+
+
 def log_in(port: int) -> str:
     """The session cookie of the administrator, logged in through the login form."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -186,12 +196,7 @@ def main() -> None:
     ratios: dict[str, list[float]] = {label: [] for label, _, _ in PAGES[1:]}
     loads = []
     try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.2)
+        wait_for(port)
         cookie = log_in(port)
         for _, path, expected in PAGES:
             check(port, cookie, path, expected)

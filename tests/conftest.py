@@ -280,6 +280,23 @@ def postgres_url(postgres_server):
         conn.execute(sa.text(f'drop database if exists "{name}" with (force)'))
 
 
+def administrator_client(app):
+    """A test client signed in as the administrator account (user id 1), without the form."""
+    client = app.test_client()
+    with client.session_transaction() as session:
+        session["user_id"] = 1
+    return client
+
+
+def statements_run(app) -> list[str]:
+    """The SQL statements the app's engine runs from now on, appended as they run."""
+    statements = []
+    with app.app_context():
+        sa.event.listen(wsgi.db.engine, "before_cursor_execute",
+                        lambda *args: statements.append(args[2]))  # fmt: skip
+    return statements
+
+
 def demo_app_on(database_url: str, vendor_key, license_text: str, instance_path, **config):
     """The demo app on ``database_url``: ``init-db`` run and ``license_text`` installed."""
     app = wsgi.create_app(

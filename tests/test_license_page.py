@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 import sqlalchemy as sa
-from conftest import license_fields
+from conftest import administrator_client, license_fields, statements_run
 from markupsafe import Markup
 
 import wsgi
@@ -447,13 +447,8 @@ def test_the_license_page_reads_its_lists_with_the_figures_in_one_statement(requ
                 created_at=datetime(2026, 11, 20 + n, 14, 30), created_by="sysadmin",
             ))  # fmt: skip
         session.commit()
-        statements = []
-        sa.event.listen(wsgi.db.engine, "before_cursor_execute",
-                        lambda *args: statements.append(args[2]))  # fmt: skip
-    client = app.test_client()
-    with client.session_transaction() as cookie:
-        cookie["user_id"] = 1  # the administrator account
-    response = client.get("/admin/licenses/")
+    statements = statements_run(app)
+    response = administrator_client(app).get("/admin/licenses/")
     assert response.status_code == 200
     ours = [s for s in statements if "password_hash" not in s]  # not the host's user load
     assert len(ours) == 1 and "licenses_seat_counter" in ours[0], ours
@@ -535,10 +530,7 @@ def test_psycopg_decodes_none_of_the_lists(postgres_app):
 
     set_json_loads(loads)
     try:
-        client = postgres_app.test_client()
-        with client.session_transaction() as cookie:
-            cookie["user_id"] = 1  # the administrator account
-        response = client.get("/admin/licenses/")
+        response = administrator_client(postgres_app).get("/admin/licenses/")
     finally:
         set_json_loads(json.loads)
     assert response.status_code == 200 and "6 more extranet seats" in text_of(response)

@@ -8,7 +8,14 @@ from urllib.parse import urlencode
 
 import pytest
 import sqlalchemy as sa
-from conftest import PASSWORD, count_users, person_state, usage
+from conftest import (
+    PASSWORD,
+    administrator_client,
+    count_users,
+    person_state,
+    statements_run,
+    usage,
+)
 
 import wsgi
 from intranet_licenses import people
@@ -620,12 +627,8 @@ def test_a_search_counts_its_matches_in_the_figures_statement(
                              surname=surname, email=f"{username}@example.com", area="primary",
                              readonly=False, actor="test", now=utcnow(), path="test")  # fmt: skip
         wsgi.db.session.commit()
-        statements = []
-        sa.event.listen(wsgi.db.engine, "before_cursor_execute",
-                        lambda *args: statements.append(args[2]))  # fmt: skip
-    client = app.test_client()
-    with client.session_transaction() as session:
-        session["user_id"] = 1  # the administrator account
+    statements = statements_run(app)
+    client = administrator_client(app)
     anna = user_id(app, "anna1")
     # (search, after, people found, statements when every search with a match walks)
     for search, after, expected, walking in [("an", None, ["anna1", "zed"], 2),
