@@ -15,6 +15,7 @@ statement itself gives. Only columns whose values JSON gives back unchanged are 
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import namedtuple
 from datetime import datetime
@@ -88,9 +89,8 @@ def column(statement, *, order_by, label: str):
     the rows the LIMIT kept, and ``rows`` sorts by it. ``order_by`` may refer only to
     columns the statement selects; a column of a type JSON cannot give back is refused.
     """
+    _reader(statement)  # refuses a column JSON cannot give back
     selected = list(statement.selected_columns)
-    for c in selected:
-        _converter(c)
     selected_ids = {id(c) for c in selected}
     for expression in order_by:
         for element in visitors.iterate(expression):
@@ -112,9 +112,7 @@ def rows(read, statement) -> list:
     """
     if read is None:
         return []
-    selected = list(statement.selected_columns)
-    row_type = _row_type(tuple(c.key for c in selected))
-    converters = [_converter(c) for c in selected]
+    row_type, converters = _reader(statement)
     return [
         row_type._make(
             value if value is None else convert(value)
@@ -124,11 +122,10 @@ def rows(read, statement) -> list:
     ]
 
 
-_row_types: dict[tuple, type] = {}
-
-
-def _row_type(names: tuple) -> type:
-    row_type = _row_types.get(names)
-    if row_type is None:
-        row_type = _row_types[names] = namedtuple("JsonRow", names)
-    return row_type
+@functools.cache
+def _reader(statement) -> tuple[type, list]:
+    """The named tuple of ``statement``'s rows and each column's converter (built once per
+    statement: the License page reads its lists on every view)."""
+    selected = list(statement.selected_columns)
+    row_type = namedtuple("JsonRow", [c.key for c in selected])
+    return row_type, [_converter(c) for c in selected]
