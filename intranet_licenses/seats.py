@@ -264,12 +264,13 @@ def _figures_statements(also: tuple = ()):
     (``notifications.notice_license_state``) and the columns ``also``, in one row; and the
     same with one row per pool, its counter and waiting count besides.
 
-    The pools are rows of the counter table, not a subquery per pool: PostgreSQL plans the
-    statement on every execution (psycopg prepares a statement after five executions, but
-    forgets at every ROLLBACK, which ends every request that wrote nothing), and planning
-    six subqueries took longer than running them (server CPU at 1,000,000 profiles: 0.17
-    ms, now 0.09; with the License page's columns 0.26, now 0.18). The one-row select
-    serves a database without counter rows.
+    The pools are rows of the counter table, not a subquery per pool: PostgreSQL may plan
+    the statement on every execution (psycopg prepares a statement after five executions but
+    forgets at every ROLLBACK, which the pages avoid (``reads``) and other requests do not;
+    a prepared statement too is planned for each run's values while that plan looks
+    cheaper), and planning six subqueries took longer than running them (server CPU at
+    1,000,000 profiles: 0.17 ms, now 0.09; with the License page's columns 0.26, now 0.18).
+    The one-row select serves a database without counter rows.
     """
     seen = notifications.license_state_seen()
     alone = select(*licensing.current_columns(), seen, *also)
