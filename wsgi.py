@@ -151,6 +151,13 @@ def create_app(test_config: dict | None = None, instance_path: str | None = None
         app.config["SQLALCHEMY_DATABASE_URI"] = app.config["SQLALCHEMY_DATABASE_URI"].replace(
             "postgresql://", "postgresql+psycopg://", 1
         )
+    if app.config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql+psycopg://"):
+        # The extension's pages read on a pool of their own, where psycopg keeps their
+        # statements prepared (intranet_licenses/reads.py).
+        app.config.setdefault(
+            "SQLALCHEMY_BINDS", {"licenses_reads": app.config["SQLALCHEMY_DATABASE_URI"]}
+        )
+        app.config.setdefault("LICENSES_READ_BIND", "licenses_reads")
     if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
         app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"connect_args": {"timeout": 30}})
 
@@ -167,6 +174,13 @@ def create_app(test_config: dict | None = None, instance_path: str | None = None
     app.cli.add_command(init_db_command)
     app.cli.add_command(seed_demo_command)
     return app
+
+
+def dispose_engines() -> None:
+    """Close the pooled connections of every engine of the app (the pages' read bind's too),
+    for tests and scripts that are done with an app; in an app context."""
+    for engine in db.engines.values():
+        engine.dispose()
 
 
 def _local_target(target: str) -> str:
@@ -320,7 +334,9 @@ def init_db_command(password):
     instance.mkdir(parents=True, exist_ok=True)
     if not (instance / SECRET_KEY_FILE).exists():
         (instance / SECRET_KEY_FILE).write_text(secrets.token_hex(32))
-    db.create_all()
+    # The default bind's tables only: the tests make apps with and without the read bind
+    # from this one ``db``, and create_all() of every bind refuses one another app declared.
+    db.create_all(bind_key=None)
     upgrade(db.engine)
     if db.session.scalar(select(User).where(User.username == "admin")) is None:
         db.session.add(

@@ -61,7 +61,7 @@ def one_run(url: str, keys: str, people: int, batch: int, results) -> None:
         elapsed = time.perf_counter() - started
         exact = not seats.recount(session, actor="bench", now=utcnow())
         session.rollback()
-        wsgi.db.engine.dispose()
+        wsgi.dispose_engines()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     results.put((len(result.activated), elapsed, peak, exact))
 

@@ -119,7 +119,7 @@ def prepare(url: str, keys: Path, seat_count: int) -> None:
         text = license_text(keys, seat_count)
         licensing.install(wsgi.db.session, text, actor="bench", now=utcnow(), path="bench")
         wsgi.db.session.commit()
-        wsgi.db.engine.dispose()
+        wsgi.dispose_engines()
 
 
 def attempt(session, username: str) -> bool:
@@ -171,7 +171,7 @@ def _ours(url, keys, worker, count, _seats, barrier, results):
                 admitted += 1
                 last_admission = time.time()
         finished = time.time()
-        wsgi.db.engine.dispose()
+        wsgi.dispose_engines()
     results.put((admitted, started, finished, counted[0], last_admission))
 
 

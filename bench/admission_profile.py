@@ -225,7 +225,7 @@ def main() -> None:
             cpu.report("ours")
             if options.floor:
                 _floor(session, options.attempts)
-            wsgi.db.engine.dispose()
+            wsgi.dispose_engines()
         url = _again(server, url, keys, options.seats)
         _bare_cpu(url, options.seats, options.attempts)
 
@@ -239,7 +239,7 @@ def main() -> None:
             profiler.enable()
             _loop(session, "p", options.attempts)
             profiler.disable()
-            wsgi.db.engine.dispose()
+            wsgi.dispose_engines()
         stats = pstats.Stats(profiler)
         if options.profile:
             stats.dump_stats(options.profile)

@@ -60,9 +60,9 @@ def main() -> None:
     client = app.test_client()
     with client.session_transaction() as session:
         session["user_id"] = 1  # the administrator account
-    engine = _engine(app)
-    statements = _count_statements(engine)
-    backend = _backend_cpu(app, engine)
+    engines = _engines(app)
+    statements = _count_statements(engines)
+    backend = _backend_cpu(app, engines)
     base = None
     for _, path, expected in pages(args.size):
         response = client.get(path)
@@ -98,31 +98,37 @@ def main() -> None:
             print(f"\n== {path}, {args.requests} requests, by {order}\n{out.getvalue()}")
 
 
-def _engine(app):
+def _engines(app) -> list:
+    """The app's engines: its own, and on PostgreSQL the pages' read bind (``reads.py``)."""
     with app.app_context():
-        return app.extensions["sqlalchemy"].engine
+        return list(app.extensions["sqlalchemy"].engines.values())
 
 
-def _count_statements(engine) -> list[int]:
-    """[statements run], counted by a before_cursor_execute listener."""
+def _count_statements(engines) -> list[int]:
+    """[statements run], counted by a before_cursor_execute listener on each engine."""
     counted = [0]
 
     def one(*_args, **_kwargs):
         counted[0] += 1
 
-    sqlalchemy.event.listen(engine, "before_cursor_execute", one)
+    for engine in engines:
+        sqlalchemy.event.listen(engine, "before_cursor_execute", one)
     return counted
 
 
-def _backend_cpu(app, engine):
-    """A function giving the CPU seconds so far of the PostgreSQL backend serving the app
-    (the test client's requests run one at a time, on one pooled connection); 0 on SQLite."""
-    if engine.dialect.name != "postgresql":
+def _backend_cpu(app, engines):
+    """A function giving the CPU seconds so far of the PostgreSQL backends serving the app
+    (the test client's requests run one at a time, on one pooled connection per engine); 0
+    on SQLite."""
+    if engines[0].dialect.name != "postgresql":
         return lambda: 0.0
-    with app.app_context(), engine.connect() as conn:
-        pid = conn.execute(sqlalchemy.text("select pg_backend_pid()")).scalar_one()
-    schedstat = Path(f"/proc/{pid}/schedstat")
-    return lambda: int(schedstat.read_text().split()[0]) / 1e9
+    schedstats = []
+    with app.app_context():
+        for engine in engines:
+            with engine.connect() as conn:
+                pid = conn.execute(sqlalchemy.text("select pg_backend_pid()")).scalar_one()
+            schedstats.append(Path(f"/proc/{pid}/schedstat"))
+    return lambda: sum(int(path.read_text().split()[0]) for path in schedstats) / 1e9
 
 
 if __name__ == "__main__":

@@ -82,7 +82,7 @@ def create_schema(url: str, instance: Path) -> None:
     result = app.test_cli_runner().invoke(args=["init-db"])
     assert result.exit_code == 0, result.output
     with app.app_context():
-        wsgi.db.engine.dispose()
+        wsgi.dispose_engines()
 
 
 def ensure_license(url: str, instance: Path) -> None:
@@ -127,7 +127,7 @@ def ensure_license(url: str, instance: Path) -> None:
             text = sign_text(fields, private.read_bytes())
             licensing.install(session, text, actor="bench", now=utcnow(), path="bench")
             session.commit()
-        wsgi.db.engine.dispose()
+        wsgi.dispose_engines()
 
 
 _COUNTERS_SQL = (  # the waiting counts are kept by the triggers of migration 0006

@@ -36,6 +36,9 @@ DEFAULTS: dict[str, Any] = {
     "LICENSES_CHECK_EVERY_REQUEST": True,
     # Endpoints the per-request check leaves alone (login, logout, static files).
     "LICENSES_OPEN_ENDPOINTS": ["static", "licenses.static"],
+    # A Flask-SQLAlchemy bind (a name in SQLALCHEMY_BINDS) on the same database, for the
+    # pages' reads: on PostgreSQL their statements then stay prepared (see reads.py).
+    "LICENSES_READ_BIND": None,
     # People per page on the People page.
     "LICENSES_PAGE_SIZE": 25,
     # Largest CSV upload in bytes.
@@ -180,10 +183,11 @@ class Licenses:
             app.config.setdefault(key, value)
         app.extensions["licenses"] = _State(adapter=adapter)
 
-        from . import cli, notifications, seats, views
+        from . import cli, notifications, reads, seats, views
 
         seats.install_safety_net()
         notifications.init_app(app)
+        app.teardown_appcontext(reads.close)
         app.register_blueprint(views.bp, url_prefix=app.config["LICENSES_URL_PREFIX"])
         app.cli.add_command(cli.licenses_cli)
 

@@ -10,7 +10,7 @@ from sqlalchemy import BigInteger, Boolean, String, bindparam, cast, func, or_, 
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
-from . import seats
+from . import reads, seats
 from .extension import adapter
 from .models import Profile
 
@@ -320,15 +320,12 @@ def _beyond_window_statement(ad, direction: str | None):
 
 
 def _read(session, statement, params):
-    """Run a read of the People page on the session's connection.
+    """Run a read of the People page on the page's connection (``reads.connection``).
 
     Its statements are Core selects of columns, built once: the ORM's execution path (made
-    for loading objects) doubled what running one cost. The session is flushed first, as
-    the ORM would before a query, so that people added in this transaction are listed.
+    for loading objects) doubled what running one cost.
     """
-    if session.autoflush:
-        session.flush()
-    return session.connection().execute(statement, params)
+    return reads.connection(session).execute(statement, params)
 
 
 def page(session, *, after=None, before=None, size=50, counted=None, **filters) -> Page:

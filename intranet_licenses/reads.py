@@ -1,63 +1,51 @@
-"""How a page that only read ends its transaction: by COMMIT, so that PostgreSQL keeps its plans.
+"""Where the pages read their figures and people: the host's session, or an engine of their own.
 
-psycopg prepares a statement on the server after its fifth run on a connection, and discards
-every prepared statement of the connection (DEALLOCATE ALL) at each ROLLBACK. A request that
-wrote nothing is ended by the host's teardown (Flask-SQLAlchemy's ``session.remove()``),
-which rolls back: so each page's statements were parsed and planned again on every request.
-At 1,000,000 profiles that was most of the database's work for a page (server CPU per
-request of the License page 0.66 ms, with its statement prepared 0.16; the People page 0.55
-and 0.30; a search 1.23 and 0.48; see docs/performance.md).
+By default a page reads on the host's session, in the request's transaction. On PostgreSQL
+that costs a plan per statement per view: psycopg prepares a statement on the server after
+its fifth run on a connection, and discards every prepared statement of the connection
+(DEALLOCATE ALL) at each ROLLBACK; a request that wrote nothing ends with one (the host's
+teardown, Flask-SQLAlchemy's ``session.remove()``), so the pages' statements were parsed
+and planned again on every view (docs/performance.md, section 1).
 
-A transaction that wrote nothing ends the same by COMMIT as by ROLLBACK, so the License and
-People pages, once rendered, commit it themselves (``end``), and only when it wrote nothing:
-PostgreSQL had given it no transaction id when the page read its figures
-(``pg_current_xact_id_if_assigned()``, the column ``wrote_nothing`` of that statement; every
-statement the page runs after it is a read of its own), and the session holds no change not
-yet flushed. Whatever a host wrote before the page stays the host's to commit or roll back.
-On other databases the column is false and the transaction is left to the host: SQLite
-keeps its compiled statements across transactions.
+A host can give the pages an engine of their own: a Flask-SQLAlchemy bind on the same
+database, named in ``LICENSES_READ_BIND``. The pages then read on one connection of it per
+request, in autocommit mode: no BEGIN, no ROLLBACK, no transaction at all, so psycopg keeps
+their statements prepared, and the host's own pages, which roll back on the host's
+connections, do not take the plans away. The host's session and transaction are not touched
+(the fourth session's way, committing a page's transaction when it wrote nothing, kept what
+a host did without writing a row, and kept the plans only on a connection that served
+nothing else). What the request changed and did not commit is not seen by these reads; the
+pages that use them (License, Summary, People) change nothing before they read.
 """
 
 from __future__ import annotations
 
-import functools
+from flask import g
 
-from sqlalchemy import Boolean, false
-from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql.functions import FunctionElement
+from .extension import adapter, config
 
-
-class _wrote_nothing(FunctionElement):
-    """True on PostgreSQL while the transaction has written nothing; false elsewhere."""
-
-    type = Boolean()
-    name = "wrote_nothing"
-    inherit_cache = True
+_CONNECTION = "licenses_read_connection"
 
 
-@compiles(_wrote_nothing)
-def _wrote_nothing_default(element, compiler, **kw):
-    return compiler.process(false(), **kw)
+def connection(session):
+    """The connection a page reads on: the read bind's, opened once per request, or else the
+    session's (flushed first, as an ORM query would, so that it sees what the request
+    added)."""
+    bind = config("READ_BIND")
+    if not bind:
+        if session.autoflush:
+            session.flush()
+        return session.connection()
+    conn = g.get(_CONNECTION)
+    if conn is None:
+        engine = adapter().db.engines[bind]
+        conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        setattr(g, _CONNECTION, conn)
+    return conn
 
 
-@compiles(_wrote_nothing, "postgresql")
-def _wrote_nothing_postgresql(element, compiler, **kw):
-    return "(pg_current_xact_id_if_assigned() IS NULL)"
-
-
-@functools.cache
-def wrote_nothing():
-    """The labelled column ``wrote_nothing``, to read with a page's figures (one instance,
-    so that the statements holding it are built once)."""
-    return _wrote_nothing().label("wrote_nothing")
-
-
-def end(session, row) -> None:
-    """End the page's transaction by COMMIT if ``row`` (read with ``wrote_nothing``) says it
-    wrote nothing and the session holds no unflushed change; else leave it to the host.
-
-    Call it after rendering: the commit expires the session's objects (the signed-in user),
-    and a template reading them afterwards would load them again in a new transaction.
-    """
-    if row["wrote_nothing"] and not (session.new or session.dirty or session.deleted):
-        session.commit()
+def close(_exc=None) -> None:
+    """teardown_appcontext: give the request's read connection back to its pool."""
+    conn = g.pop(_CONNECTION, None)
+    if conn is not None:
+        conn.close()

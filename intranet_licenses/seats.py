@@ -264,13 +264,12 @@ def _figures_statements(also: tuple = ()):
     (``notifications.notice_license_state``) and the columns ``also``, in one row; and the
     same with one row per pool, its counter and waiting count besides.
 
-    The pools are rows of the counter table, not a subquery per pool: PostgreSQL may plan
-    the statement on every execution (psycopg prepares a statement after five executions but
-    forgets at every ROLLBACK, which the pages avoid (``reads``) and other requests do not;
-    a prepared statement too is planned for each run's values while that plan looks
-    cheaper), and planning six subqueries took longer than running them (server CPU at
-    1,000,000 profiles: 0.17 ms, now 0.09; with the License page's columns 0.26, now 0.18).
-    The one-row select serves a database without counter rows.
+    The pools are rows of the counter table, not a subquery per pool: PostgreSQL plans the
+    statement on every execution (psycopg prepares a statement after five executions, but
+    forgets at every ROLLBACK, which ends every request that wrote nothing), and planning
+    six subqueries took longer than running them (server CPU at 1,000,000 profiles: 0.17
+    ms, now 0.09; with the License page's columns 0.26, now 0.18). The one-row select
+    serves a database without counter rows.
     """
     seen = notifications.license_state_seen()
     alone = select(*licensing.current_columns(), seen, *also)
@@ -300,13 +299,16 @@ def figures(session, now: datetime) -> list[PoolFigures]:
     return license_and_figures(session, now).figures
 
 
-def license_and_figures(session, now: datetime, also: tuple = (), params=None) -> Reading:
+def license_and_figures(
+    session, now: datetime, also: tuple = (), params=None, *, conn=None
+) -> Reading:
     """The license in force, the figures and the license state last seen, in one statement;
     with ``also``, a tuple of labelled columns a page needs besides (built once: it is part
     of the cache key of the statement) and ``params``, the values of their bound
-    parameters (an uncorrelated column is computed once, though repeated on every row)."""
+    parameters (an uncorrelated column is computed once, though repeated on every row).
+    Read on ``conn`` if given (a page's, ``reads.connection``), else on the session's."""
     alone, per_pool = _figures_statements(also)
-    conn = session.connection()
+    conn = conn if conn is not None else session.connection()
     rows = conn.execute(per_pool, params or {}).all()
     used = {r.pool: r.used for r in rows}
     waiting = {r.pool: r.waiting for r in rows}

@@ -130,7 +130,7 @@ def _render_license(responsible_form=None, responsible_problem=None, status: int
     # The page's forms are written out in the templates with the names of InstallLicenseForm
     # and ResponsiblePersonForm (building and rendering them field by field took a fifth of
     # the page's time), each with licenses_csrf_field().
-    html = render_template(
+    return render_template(
         "licenses/license.html",
         current=current,
         sentence=licensing.validity_sentence(current),
@@ -140,9 +140,7 @@ def _render_license(responsible_form=None, responsible_problem=None, status: int
         responsible_form=responsible_form,
         responsible_problem=responsible_problem,
         license_requests=license_requests.history_from(reading.row["license_requests"]),
-    )
-    reads.end(session, reading.row)
-    return html, status
+    ), status
 
 
 @functools.cache
@@ -150,11 +148,7 @@ def _license_page_columns() -> tuple:
     """What the License page reads with the seat figures, in the same statement: what it
     shows of notifications and the outbox, and the license requests (one statement instead
     of three; see json_rows)."""
-    return (
-        *notifications.page_info_columns(),
-        license_requests.HISTORY_COLUMN,
-        reads.wrote_nothing(),
-    )
+    return (*notifications.page_info_columns(), license_requests.HISTORY_COLUMN)
 
 
 @bp.post("/install")
@@ -255,7 +249,7 @@ def people_page():
     }
     # A search's count of matches is read with the figures: one statement fewer.
     count, values = people.counted_with(filters["search"])
-    reading = _reading(session, utcnow(), also=(*count, reads.wrote_nothing()), params=values)
+    reading = _reading(session, utcnow(), also=count, params=values)
     listing = people.page(
         session,
         after=_int_arg("after"),
@@ -264,7 +258,7 @@ def people_page():
         counted=reading.row,
         **filters,
     )
-    html = render_template(
+    return render_template(
         "licenses/people.html",
         listing=listing,
         pages=_pages(listing),
@@ -275,8 +269,6 @@ def people_page():
         reasons=BLOCK_REASONS,
         directory_configured=bool(config("LDAP_URL")),
     )
-    reads.end(session, reading.row)  # see reads: PostgreSQL keeps the page's plans
-    return html
 
 
 class _Pages(NamedTuple):
@@ -579,18 +571,15 @@ def _shows_figures() -> bool:
 def _reading(session, now, also: tuple = (), params=None) -> seats.Reading:
     """The license, the seat figures and the license state last seen (and ``also``, with
     its bound ``params``), in one statement; a license no longer valid is noticed from it,
-    as on every other page.
-
-    The session is flushed first, as an ORM query would: what was changed before the page is
-    then written in its transaction, which ``reads.end`` leaves to the host."""
-    if session.autoflush:
-        session.flush()
-    reading = seats.license_and_figures(session, now, also, params)
+    as on every other page."""
+    conn = reads.connection(session)
+    reading = seats.license_and_figures(session, now, also, params, conn=conn)
     read = (reading.current, reading.license_state_seen)
     if notifications.notice_license_state(session, now, read):
         session.commit()
         # The notice may have opened episodes and queued mail: show them (once per change).
-        reading = seats.license_and_figures(session, now, also, params)
+        conn = reads.connection(session)  # the session's was given back at the commit
+        reading = seats.license_and_figures(session, now, also, params, conn=conn)
     return reading
 
 

@@ -55,7 +55,7 @@ def seeded_database(folder: Path, config: dict) -> Path:
     result = runner.invoke(args=["seed-demo", "--password", DEMO_PASSWORD])
     assert result.exit_code == 0, result.output
     with app.app_context():
-        wsgi.db.engine.dispose()
+        wsgi.dispose_engines()
     return path
 
 

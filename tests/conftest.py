@@ -99,7 +99,7 @@ def template_db(tmp_path_factory, vendor_key) -> Path:
     result = app.test_cli_runner().invoke(args=["init-db", "--password", PASSWORD])
     assert result.exit_code == 0, result.output
     with app.app_context():
-        wsgi.db.engine.dispose()
+        wsgi.dispose_engines()
     return path
 
 
@@ -116,7 +116,7 @@ def app(tmp_path, template_db, vendor_key, make_license):
         wsgi.db.session.commit()
     yield app
     with app.app_context():
-        wsgi.db.engine.dispose()
+        wsgi.dispose_engines()
 
 
 @pytest.fixture
@@ -289,11 +289,13 @@ def administrator_client(app):
 
 
 def statements_run(app) -> list[str]:
-    """The SQL statements the app's engine runs from now on, appended as they run."""
+    """The SQL statements the app's engines run from now on (the pages' read bind's too, on
+    PostgreSQL), appended as they run."""
     statements = []
     with app.app_context():
-        sa.event.listen(wsgi.db.engine, "before_cursor_execute",
-                        lambda *args: statements.append(args[2]))  # fmt: skip
+        for engine in wsgi.db.engines.values():
+            sa.event.listen(engine, "before_cursor_execute",
+                            lambda *args: statements.append(args[2]))  # fmt: skip
     return statements
 
 
@@ -316,7 +318,7 @@ def postgres_app(postgres_url, vendor_key, make_license, tmp_path):
     app = demo_app_on(postgres_url, vendor_key, make_license(), tmp_path / "pg-instance")
     yield app
     with app.app_context():
-        wsgi.db.engine.dispose()
+        wsgi.dispose_engines()
 
 
 # OpenLDAP slapd (directory sync, issue 6) -----------------------------------------------

@@ -46,7 +46,7 @@ def full_app(request, vendor_key, make_license, tmp_path):
         session.commit()
     yield app
     with app.app_context():
-        wsgi.db.engine.dispose()
+        wsgi.dispose_engines()
 
 
 def _install(app, make_license, **limits):
@@ -223,9 +223,9 @@ def test_an_admission_committed_during_activation_keeps_the_limit_on_postgresql(
     assert person_state(app, "w3")[3] == AWAITING_LICENSE
     _check_exact(app)
     with other.app_context():
-        wsgi.db.engine.dispose()
+        wsgi.dispose_engines()
     with app.app_context():
-        wsgi.db.engine.dispose()
+        wsgi.dispose_engines()
 
 
 def test_a_change_the_caller_has_not_flushed_yet_is_kept(full_app, make_license):

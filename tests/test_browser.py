@@ -52,7 +52,7 @@ def live(tmp_path, demo_template, browser_config):
     yield server
     server.stop()
     with app.app_context():
-        wsgi.db.engine.dispose()
+        wsgi.dispose_engines()
 
 
 @pytest.fixture(scope="session")

@@ -48,7 +48,7 @@ def _attempts(args, barrier, results):
             except Exception as exc:  # a database error is a failure of the mechanism
                 session.rollback()
                 errors.append(f"{type(exc).__name__}: {exc}")
-        wsgi.db.engine.dispose()
+        wsgi.dispose_engines()
     results.put((admitted, refused, errors))
 
 
@@ -149,7 +149,7 @@ def test_racing_for_the_last_seats_on_postgresql(postgres_url, tmp_path, vendor_
         _check(app, results, highest)
     finally:
         with app.app_context():
-            wsgi.db.engine.dispose()
+            wsgi.dispose_engines()
 
 
 @pytest.fixture(autouse=True)

@@ -22,7 +22,7 @@ def demo(tmp_path, vendor_key):
     assert result.exit_code == 0, result.output
     yield app
     with app.app_context():
-        wsgi.db.engine.dispose()
+        wsgi.dispose_engines()
 
 
 def test_seed_demo_makes_its_own_vendor_key_and_license(demo, tmp_path):

@@ -564,7 +564,7 @@ def pg_app(postgres_url, vendor_key, tmp_path, make_license):
     app = demo_app_on(postgres_url, vendor_key, make_license(intranet=10), tmp_path / "instance")
     yield app
     with app.app_context():
-        wsgi.db.engine.dispose()
+        wsgi.dispose_engines()
 
 
 @pytest.mark.postgres

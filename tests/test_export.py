@@ -723,7 +723,7 @@ def test_postgres_export_matches_sqlite(postgres_url, app, vendor_key, tmp_path,
             pg_bytes = export.export_bytes(export.options(columns="all"), batch_rows=1)
     finally:
         with pg_app.app_context():
-            wsgi.db.engine.dispose()
+            wsgi.dispose_engines()
     assert pg_bytes == sqlite_bytes
 
 
@@ -831,7 +831,7 @@ def test_postgres_copy_writes_the_same_bytes_as_the_ordinary_path(
             assert rows["e1"]["Email"] == ""
     finally:
         with pg_app.app_context():
-            wsgi.db.engine.dispose()
+            wsgi.dispose_engines()
 
 
 @pytest.mark.postgres
@@ -861,7 +861,7 @@ def test_postgres_copy_stopped_half_way_leaves_the_connection_usable(
                 assert connection.scalar(sa.text("SELECT count(*) FROM users")) == 51
     finally:
         with pg_app.app_context():
-            wsgi.db.engine.dispose()
+            wsgi.dispose_engines()
 
 
 @pytest.mark.postgres

@@ -166,7 +166,7 @@ def test_300_refused_additions_send_one_email_and_a_new_episode_sends_another(
     other = wsgi.create_app(dict(app.config), instance_path=app.instance_path)
     assert not add(other, "after-restart")
     with other.app_context():
-        wsgi.db.engine.dispose()
+        wsgi.dispose_engines()
     assert len(smtp_server.messages) == 1
 
     # A free seat ends the episode; filling it exactly sends nothing; exceeding sends one.
@@ -627,7 +627,7 @@ def _race_worker(config, instance_path, barrier, names, results):
         for name in names:
             if not add(app, name):
                 refused += 1
-        wsgi.db.engine.dispose()
+        wsgi.dispose_engines()
     results.put(refused)
 
 
@@ -663,7 +663,7 @@ def test_two_processes_on_sqlite_send_one(mail_app, smtp_server, install_license
     install_license(intranet=2)
     assert add(app, "first")
     with app.app_context():
-        wsgi.db.engine.dispose()
+        wsgi.dispose_engines()
     refused = _race(dict(app.config), app.instance_path)
     assert refused == 9  # one took the last seat
     assert len(smtp_server.messages) == 1
@@ -679,7 +679,7 @@ def pg_app(postgres_url, vendor_key, make_license, smtp_server, tmp_path):
     )  # fmt: skip
     yield app
     with app.app_context():
-        wsgi.db.engine.dispose()
+        wsgi.dispose_engines()
 
 
 @pytest.mark.postgres
@@ -687,7 +687,7 @@ def test_two_processes_on_postgresql_send_one(pg_app, smtp_server):
     set_responsible(pg_app)
     assert add(pg_app, "first")
     with pg_app.app_context():
-        wsgi.db.engine.dispose()
+        wsgi.dispose_engines()
     refused = _race(dict(pg_app.config), pg_app.instance_path, processes=4)
     assert refused == 19
     assert len(smtp_server.messages) == 1
@@ -699,7 +699,7 @@ def _sender_worker(config, instance_path, barrier, results):
     with app.app_context():
         barrier.wait(timeout=60)
         report = outbox.send_pending(retry_now=True)
-        wsgi.db.engine.dispose()
+        wsgi.dispose_engines()
     results.put(len(report.sent))
 
 
@@ -719,7 +719,7 @@ def test_concurrent_senders_send_each_message_once(mail_app, smtp_server, tmp_pa
         wsgi.db.session.flush()
         wsgi.db.session.info.pop("licenses_outbox_ids", None)  # leave them to the senders
         wsgi.db.session.commit()
-        wsgi.db.engine.dispose()
+        wsgi.dispose_engines()
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(3)
     results = ctx.Queue()

@@ -1,5 +1,5 @@
-"""A page that only read ends its transaction by COMMIT (PostgreSQL keeps its prepared
-statements), and never commits what a host changed before it (intranet_licenses.reads)."""
+"""The pages' reads (intranet_licenses.reads): on PostgreSQL the demo gives them a bind of
+their own, where their statements stay prepared; the host's session is never touched."""
 
 from __future__ import annotations
 
@@ -7,32 +7,74 @@ import pytest
 import sqlalchemy as sa
 
 import wsgi
-from tests.conftest import administrator_client
+from tests.conftest import PASSWORD, administrator_client, demo_app_on
 
-PAGES = ["/admin/licenses/", "/admin/licenses/people", "/admin/licenses/people?q=ad"]
+PAGES = [
+    "/admin/licenses/",
+    "/admin/licenses/summary",
+    "/admin/licenses/people",
+    "/admin/licenses/people?q=ad",
+]
 
 
 def _prepared(app) -> list[str]:
-    """The statements prepared on the connection the test client's requests used."""
+    """The statements prepared on the pages' read connection (the read pool holds one)."""
     with app.app_context():
-        with wsgi.db.engine.connect() as conn:
+        with wsgi.db.engines["licenses_reads"].connect() as conn:
             statement = sa.text("select statement from pg_prepared_statements")
             return list(conn.execute(statement).scalars())
 
 
 @pytest.mark.parametrize("path", PAGES)
-def test_postgresql_keeps_a_pages_statements_prepared_across_requests(postgres_app, path):
-    """psycopg prepares a statement at its fifth run and forgot all of them at the ROLLBACK
-    that ended every request: the pages' statements were planned again on each."""
+def test_a_pages_statements_stay_prepared_while_host_pages_roll_back(postgres_app, path):
+    """psycopg prepares a statement at its fifth run on a connection and forgets all of them
+    at a ROLLBACK, which ends every request that wrote nothing: read on the host's session,
+    the pages' statements were planned again on every view."""
     client = administrator_client(postgres_app)
     for _ in range(6):
-        response = client.get(path)
-        assert response.status_code == 200
+        assert client.get(path).status_code == 200
+        assert client.get("/hello").status_code == 200  # a host page: it rolls back
     prepared = _prepared(postgres_app)
-    # The figures (read from the seat counters) and, on the People page, the page of people.
     assert any("FROM licenses_seat_counter" in text for text in prepared), prepared
     if "people" in path:
         assert any("ORDER BY users.id" in text for text in prepared), prepared
+    with postgres_app.app_context():
+        assert wsgi.db.engines["licenses_reads"].pool.checkedout() == 0
+
+
+def test_the_pages_read_outside_the_hosts_transaction(postgres_app):
+    """The reads run on the bind's connection in autocommit: the host's session runs only
+    the host's statement (the user load), and nothing of ours begins or ends a transaction."""
+    seen = {}
+    with postgres_app.app_context():
+        for name, engine in wsgi.db.engines.items():
+            seen[name] = []
+            sa.event.listen(engine, "before_cursor_execute",
+                            lambda *args, name=name: seen[name].append(args[2]))  # fmt: skip
+    response = administrator_client(postgres_app).get("/admin/licenses/people?q=ad")
+    assert response.status_code == 200 and "admin" in response.text
+    assert len(seen[None]) == 1 and "FROM users" in seen[None][0]
+    assert len(seen["licenses_reads"]) == 2  # the figures with the count, the page
+
+
+def test_without_a_read_bind_the_pages_read_on_the_session(postgres_url, vendor_key,
+                                                           make_license, tmp_path):  # fmt: skip
+    app = demo_app_on(postgres_url, vendor_key, make_license(), tmp_path / "instance",
+                      LICENSES_READ_BIND=None)  # fmt: skip
+    on_bind = []
+    with app.app_context():
+        sa.event.listen(wsgi.db.engines["licenses_reads"], "before_cursor_execute",
+                        lambda *args: on_bind.append(args[2]))  # fmt: skip
+    try:
+        client = app.test_client()
+        client.post("/login", data={"username": "admin", "password": PASSWORD})
+        for path in PAGES:
+            response = client.get(path)
+            assert response.status_code == 200 and "admin" in response.text, path
+        assert on_bind == []
+    finally:
+        with app.app_context():
+            wsgi.dispose_engines()
 
 
 def _first_name(app, user_id: int = 1) -> str:
@@ -42,16 +84,15 @@ def _first_name(app, user_id: int = 1) -> str:
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def either_app(request):
-    """The demo app on SQLite, then on PostgreSQL."""
-    name = "app" if request.param == "sqlite" else "postgres_app"
-    return request.getfixturevalue(name)
+    """The demo app on SQLite (reading on the session), then on PostgreSQL (its read bind)."""
+    return request.getfixturevalue("app" if request.param == "sqlite" else "postgres_app")
 
 
 @pytest.mark.parametrize("path", PAGES)
 @pytest.mark.parametrize("how", ["pending", "flushed", "statement"])
 def test_a_page_never_commits_what_the_host_changed_before_it(either_app, path, how):
     """A host hook that changes something and leaves it uncommitted: the page reads, and the
-    change is rolled back at the end of the request as before, not committed with the read."""
+    change is rolled back at the end of the request, as the host expects."""
     app = either_app
     before = _first_name(app)
 

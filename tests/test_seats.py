@@ -603,7 +603,7 @@ def test_recount_repairs_profiles_changed_behind_its_back(database, request, app
     again = app.test_cli_runner().invoke(args=["licenses", "recount"])
     assert "nothing was repaired" in again.output
     with app.app_context():
-        wsgi.db.engine.dispose()
+        wsgi.dispose_engines()
 
 
 # Many at once, waiting when full (directory sync, rule 3) ------------------------------

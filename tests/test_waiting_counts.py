@@ -32,7 +32,7 @@ def any_app(request, make_license, vendor_key, tmp_path):
     app = demo_app_on(url, vendor_key, limits, tmp_path / "instance")
     yield app
     with app.app_context():
-        wsgi.db.engine.dispose()
+        wsgi.dispose_engines()
 
 
 def _add(session, username: str, area: str = "primary"):
@@ -242,7 +242,7 @@ def full_pools(postgres_url, make_license, vendor_key, tmp_path):
         session.commit()
     yield app
     with app.app_context():
-        wsgi.db.engine.dispose()
+        wsgi.dispose_engines()
 
 
 def _in_threads(app, *work):
@@ -420,4 +420,4 @@ def test_recount_during_a_sync_that_takes_two_pools_does_not_deadlock(
             assert seats.usage(wsgi.db.session) == {"intranet": 1, "extranet": 1, "readonly": 0}
     finally:
         with app.app_context():
-            wsgi.db.engine.dispose()
+            wsgi.dispose_engines()
