@@ -17,12 +17,13 @@ PAGES = [
 ]
 
 
-def _prepared(app) -> list[str]:
-    """The statements prepared on the pages' read connection (the read pool holds one)."""
+def _prepared(app) -> dict[str, int]:
+    """The statements prepared on the pages' read connection (the read pool holds one), each
+    with the number of times its generic plan ran."""
     with app.app_context():
         with wsgi.db.engines["licenses_reads"].connect() as conn:
-            statement = sa.text("select statement from pg_prepared_statements")
-            return list(conn.execute(statement).scalars())
+            statement = sa.text("select statement, generic_plans from pg_prepared_statements")
+            return dict(conn.execute(statement).all())
 
 
 @pytest.mark.parametrize("path", PAGES)
@@ -35,9 +36,13 @@ def test_a_pages_statements_stay_prepared_while_host_pages_roll_back(postgres_ap
         assert client.get(path).status_code == 200
         assert client.get("/hello").status_code == 200  # a host page: it rolls back
     prepared = _prepared(postgres_app)
-    assert any("FROM licenses_seat_counter" in text for text in prepared), prepared
+    # The figures and, on the People page, the page of people; the demo's read bind has
+    # PostgreSQL plan each once (plan_cache_mode), not again for each view's values.
+    figures = [n for text, n in prepared.items() if "FROM licenses_seat_counter" in text]
+    assert figures and min(figures) >= 1, prepared
     if "people" in path:
-        assert any("ORDER BY users.id" in text for text in prepared), prepared
+        people = [n for text, n in prepared.items() if "ORDER BY users.id" in text]
+        assert people and min(people) >= 1, prepared
     with postgres_app.app_context():
         assert wsgi.db.engines["licenses_reads"].pool.checkedout() == 0
 
