@@ -91,7 +91,8 @@ def column(statement, *, order_by, label: str):
     """
     _reader(statement)  # refuses a column JSON cannot give back
     selected = list(statement.selected_columns)
-    selected_ids = {id(c) for c in selected}
+    # A column the statement selects under a label may be named by itself too.
+    selected_ids = {id(c) for c in selected} | {id(getattr(c, "element", c)) for c in selected}
     for expression in order_by:
         for element in visitors.iterate(expression):
             if isinstance(element, ColumnClause) and id(element) not in selected_ids:

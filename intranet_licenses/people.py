@@ -10,7 +10,7 @@ from sqlalchemy import BigInteger, Boolean, String, bindparam, cast, func, or_, 
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
-from . import reads, seats
+from . import json_rows, reads, seats
 from .extension import adapter
 from .models import Profile
 
@@ -202,6 +202,29 @@ def counted_with(search: str | None) -> tuple[tuple, dict]:
     return (_narrow_column(),), _narrow_params(search)
 
 
+def read_with(*, after=None, before=None, size=50, **filters) -> tuple[tuple, dict]:
+    """What the caller reads with its own figures and hands to ``page`` as ``counted``, with
+    the bound values: for a search its count (``counted_with``); without one, the page of
+    people itself (``people_rows``, a JSON column, json_rows), so that such a page is one
+    statement of its own: the figures."""
+    if filters.get("search"):
+        return counted_with(filters["search"])
+    ad = adapter()
+    shape, params = _shape(None, filters, size)
+    direction = _direction(after, before)
+    params["cursor"] = before if before is not None else after
+    return (_rows_column(ad, shape, direction),), params
+
+
+@functools.lru_cache(maxsize=256)
+def _rows_column(ad, shape: tuple, direction: str | None):
+    """The rows of ``_page_statement`` as one column, ``people_rows`` (in its id order)."""
+    statement = _page_statement(ad, shape, direction)
+    id_col = statement.selected_columns.id
+    order = id_col.desc() if direction == "before" else id_col
+    return json_rows.column(statement, order_by=(order,), label="people_rows")
+
+
 def _walk_filter():
     """The search filter in a form no index answers, so the database walks people in id
     order and stops when the page is full (for searches matching many people)."""
@@ -331,26 +354,42 @@ def _read(session, statement, params):
 def page(session, *, after=None, before=None, size=50, counted=None, **filters) -> Page:
     """One page of people ordered by id, after or before a keyset cursor.
 
-    ``counted``: a row read with the columns of ``counted_with(search)`` (its
-    ``narrow_count``); without it, a search counts its matches first (``narrow_search``).
+    ``counted``: a row read with the columns of ``read_with`` (for a search its
+    ``narrow_count``, else the page's ``people_rows``); without it, a search counts its
+    matches first (``narrow_search``).
     """
     ad = adapter()
     search = filters.get("search")
+    if counted is not None and "people_rows" in counted:
+        shape, _ = _shape(None, filters, size)
+        statement = _page_statement(ad, shape, _direction(after, before))
+        return _as_page(json_rows.rows(counted["people_rows"], statement), after, before, size)
     mode = None
     if search and counted is not None:
         mode = "narrow" if counted["narrow_count"] < NARROW_SEARCH else "walk"
     elif search:
         mode = "narrow" if narrow_search(session, search) else "walk"
+    shape, params = _shape(mode, filters, size)
+    return _page(session, ad, shape, params, after, before, size)
+
+
+def _shape(mode, filters, size) -> tuple[tuple, dict]:
+    """The shape of a page's statement (``_page_statement``) and its bound values but the
+    cursor."""
     shape = (
         mode,
         filters.get("state"),
         *(bool(filters.get(k)) for k in ("area", "pool", "reason")),
     )
     params = _filter_params(
-        search, filters.get("area"), filters.get("pool"), filters.get("reason")
+        filters.get("search"), filters.get("area"), filters.get("pool"), filters.get("reason")
     )
     params["size"] = size + 1
-    return _page(session, ad, shape, params, after, before, size)
+    return shape, params
+
+
+def _direction(after, before) -> str | None:
+    return "before" if before is not None else "after" if after is not None else None
 
 
 def _page(session, ad, shape, params, after, before, size) -> Page:
@@ -360,7 +399,7 @@ def _page(session, ad, shape, params, after, before, size) -> Page:
     unbounded walk whichever way the page is read.
     """
     mode, *filters = shape
-    direction = "before" if before is not None else "after" if after is not None else None
+    direction = _direction(after, before)
     params = {**params, "cursor": before if before is not None else after}
     if mode != "walk":
         return _as_page(_rows(session, ad, shape, direction, params), after, before, size)

@@ -247,17 +247,11 @@ def people_page():
         if request.args.get("reason") in BLOCK_REASONS
         else None,
     }
-    # A search's count of matches is read with the figures: one statement fewer.
-    count, values = people.counted_with(filters["search"])
-    reading = _reading(session, utcnow(), also=count, params=values)
-    listing = people.page(
-        session,
-        after=_int_arg("after"),
-        before=_int_arg("before"),
-        size=config("PAGE_SIZE"),
-        counted=reading.row,
-        **filters,
-    )
+    where = {"after": _int_arg("after"), "before": _int_arg("before"), "size": config("PAGE_SIZE")}
+    # Read with the figures: a search's count of matches, or else the page of people itself.
+    also, values = people.read_with(**where, **filters)
+    reading = _reading(session, utcnow(), also=also, params=values)
+    listing = people.page(session, **where, counted=reading.row, **filters)
     return render_template(
         "licenses/people.html",
         listing=listing,

@@ -697,3 +697,45 @@ def test_a_walk_reads_its_window_first_and_finds_the_same_pages(
     assert [p.username for p in expected[0].rows] == ["p00", "p04"]
     walked = every_page(NARROW_SEARCH=1, WALK_WINDOW=window, WIDE_SEARCH=wide)
     assert walked == expected
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_a_page_without_a_search_is_read_with_the_figures(request, database):
+    """Without a search the page of people is a column of the figures statement
+    (people.read_with, JSON): one statement of the page's own besides the host's user load,
+    and the same people, cursors and order as reading the page on its own, for every filter
+    and both directions."""
+    from intranet_licenses import seats
+    from intranet_licenses.models import utcnow
+
+    app = request.getfixturevalue("app" if database == "sqlite" else "postgres_app")
+    app.config["LICENSES_PAGE_SIZE"] = 2
+    with app.app_context():
+        for number in range(7):
+            user = seats.add_person(
+                wsgi.db.session, username=f"p{number}", first_name="Ann", surname="O'Brien <b>",
+                email=f"p{number}@example.com", area="partners" if number % 2 else "primary",
+                readonly=False, actor="test", now=utcnow(), path="test",
+            )  # fmt: skip
+            if number % 3 == 0:
+                seats.block(wsgi.db.session, user, actor="test", now=utcnow(), path="test")
+        wsgi.db.session.commit()
+    statements = statements_run(app)
+    client = administrator_client(app)
+    middle = user_id(app, "p3")
+    for query in [{}, {"after": middle}, {"before": middle}, {"state": "blocked"},
+                  {"area": "partners"}, {"state": "active", "area": "partners", "after": middle},
+                  {"reason": "admin"}, {"pool": "intranet", "before": middle}]:  # fmt: skip
+        statements.clear()
+        response = client.get(PEOPLE, query_string=query)
+        assert response.status_code == 200, query
+        ours = [s for s in statements if "password_hash" not in s]  # not the host's user load
+        assert len(ours) == 1 and "people_rows" in ours[0], (query, ours)
+        with app.test_request_context():
+            alone = people.page(wsgi.db.session, size=2, **query)
+            also, values = people.read_with(size=2, **query)
+            row = wsgi.db.session.connection().execute(sa.select(*also), values).one()
+            read = people.page(wsgi.db.session, size=2, counted=row._mapping, **query)
+        assert read == alone, query
+        assert usernames_on(response) == [p.username for p in alone.rows], query
+        assert len(alone.rows) == 2 or not alone.next_after, query
