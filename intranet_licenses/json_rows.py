@@ -82,7 +82,14 @@ def _converter(column):
 
 def column(statement, *, order_by, label: str):
     """The rows of ``statement`` (a select of columns, with its LIMIT if any), ordered by
-    ``order_by`` (which replaces its ORDER BY), as one labelled column of another select.
+    ``order_by`` (which replaces its ORDER BY), as one labelled column of another select
+    (``array``, labelled)."""
+    return array(statement, order_by=order_by).label(label)
+
+
+def array(statement, *, order_by):
+    """The rows of ``statement`` ordered by ``order_by`` as a scalar subquery (JSON text, or
+    NULL on PostgreSQL when there are none), for an expression of another select's column.
 
     The aggregate's own order is not defined (SQLite before 3.44 has no ORDER BY in an
     aggregate), so each row carries its place, ``row_number() OVER (ORDER BY ...)`` over
@@ -102,7 +109,7 @@ def column(statement, *, order_by, label: str):
     # Numbered in a select of their own: a window function cannot be an aggregate's argument.
     numbered = select(ordinal.label("json_rows_ordinal"), *inner.c).subquery()
     values = [numbered.c.json_rows_ordinal, *(numbered.c[c.key] for c in selected)]
-    return select(_json_array_agg(*values)).scalar_subquery().label(label)
+    return select(_json_array_agg(*values)).scalar_subquery()
 
 
 def rows(read, statement) -> list:
