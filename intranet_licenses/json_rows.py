@@ -82,14 +82,7 @@ def _converter(column):
 
 def column(statement, *, order_by, label: str):
     """The rows of ``statement`` (a select of columns, with its LIMIT if any), ordered by
-    ``order_by`` (which replaces its ORDER BY), as one labelled column of another select
-    (``array``, labelled)."""
-    return array(statement, order_by=order_by).label(label)
-
-
-def array(statement, *, order_by):
-    """The rows of ``statement`` ordered by ``order_by`` as a scalar subquery (JSON text, or
-    NULL on PostgreSQL when there are none), for an expression of another select's column.
+    ``order_by`` (which replaces its ORDER BY), as one labelled column of another select.
 
     The aggregate's own order is not defined (SQLite before 3.44 has no ORDER BY in an
     aggregate), so each row carries its place, ``row_number() OVER (ORDER BY ...)`` over
@@ -109,7 +102,7 @@ def array(statement, *, order_by):
     # Numbered in a select of their own: a window function cannot be an aggregate's argument.
     numbered = select(ordinal.label("json_rows_ordinal"), *inner.c).subquery()
     values = [numbered.c.json_rows_ordinal, *(numbered.c[c.key] for c in selected)]
-    return select(_json_array_agg(*values)).scalar_subquery()
+    return select(_json_array_agg(*values)).scalar_subquery().label(label)
 
 
 def rows(read, statement) -> list:

@@ -6,19 +6,7 @@ import functools
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from sqlalchemy import (
-    BigInteger,
-    Boolean,
-    String,
-    bindparam,
-    case,
-    cast,
-    func,
-    literal_column,
-    or_,
-    select,
-    union_all,
-)
+from sqlalchemy import BigInteger, Boolean, String, bindparam, cast, func, or_, select, union_all
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
@@ -198,52 +186,43 @@ def _narrow_params(text: str) -> dict:
     return {**_search_params(_search_text(text)), "narrow": NARROW_SEARCH}
 
 
+@functools.cache
+def _narrow_column():
+    """``_narrow_statement`` as a column (``narrow_count``) of another select."""
+    return _narrow_statement().scalar_subquery().label("narrow_count")
+
+
+def counted_with(search: str | None) -> tuple[tuple, dict]:
+    """For a search, the column that counts its matches (as ``narrow_search`` does) and its
+    bound values, for the caller to read with its own figures and hand to ``page`` as
+    ``counted``: one statement fewer per search (on PostgreSQL a round trip). For no
+    search, nothing."""
+    if not search:
+        return (), {}
+    return (_narrow_column(),), _narrow_params(search)
+
+
 def read_with(*, after=None, before=None, size=50, **filters) -> tuple[tuple, dict]:
     """What the caller reads with its own figures and hands to ``page`` as ``counted``, with
-    the bound values: the page of people itself, as one JSON column ``people_rows``
-    (json_rows), so that the People page is one statement of its own, the figures. For a
-    search the column holds the page its count of matches chooses (``_search_column``)."""
+    the bound values: for a search its count (``counted_with``); without one, the page of
+    people itself (``people_rows``, a JSON column, json_rows), so that such a page is one
+    statement of its own: the figures."""
+    if filters.get("search"):
+        return counted_with(filters["search"])
     ad = adapter()
-    search = filters.get("search")
-    shape, params = _shape("search" if search else None, filters, size)
-    params["cursor"] = before if before is not None else after
+    shape, params = _shape(None, filters, size)
     direction = _direction(after, before)
-    if not search:
-        return (_rows_column(ad, shape, direction),), params
-    params.update(narrow=NARROW_SEARCH, window=WALK_WINDOW)
-    return (_search_column(ad, shape[1:], direction),), params
+    params["cursor"] = before if before is not None else after
+    return (_rows_column(ad, shape, direction),), params
 
 
 @functools.lru_cache(maxsize=256)
 def _rows_column(ad, shape: tuple, direction: str | None):
     """The rows of ``_page_statement`` as one column, ``people_rows`` (in its id order)."""
-    return _rows_array(ad, shape, direction).label("people_rows")
-
-
-def _rows_array(ad, shape: tuple, direction: str | None):
     statement = _page_statement(ad, shape, direction)
     id_col = statement.selected_columns.id
     order = id_col.desc() if direction == "before" else id_col
-    return json_rows.array(statement, order_by=(order,))
-
-
-@functools.lru_cache(maxsize=256)
-def _search_column(ad, filters: tuple, direction: str | None):
-    """A search's page as ``people_rows``: "n" and the page read from the key indexes when
-    its count of matches (``_narrow_statement``) is under ``narrow``, as ``narrow_search``
-    decides; else "w" and the rows of its walk's window (``page`` reads on from there when
-    they do not fill the page). Both databases run only the branch a CASE takes, and the
-    count once."""
-    narrow = _rows_array(ad, ("narrow", *filters), direction)
-    window = _rows_array(ad, ("window", *filters), direction)
-    none = literal_column("'[]'", String())
-    return case(
-        (
-            _narrow_statement().scalar_subquery() < bindparam("narrow"),
-            literal_column("'n'", String()) + func.coalesce(narrow, none, type_=String()),
-        ),
-        else_=literal_column("'w'", String()) + func.coalesce(window, none, type_=String()),
-    ).label("people_rows")
+    return json_rows.column(statement, order_by=(order,), label="people_rows")
 
 
 def _walk_filter():
@@ -375,27 +354,20 @@ def _read(session, statement, params):
 def page(session, *, after=None, before=None, size=50, counted=None, **filters) -> Page:
     """One page of people ordered by id, after or before a keyset cursor.
 
-    ``counted``: a row read with the column of ``read_with`` (``people_rows``); without it,
-    the page is read here, and a search counts its matches first (``narrow_search``).
+    ``counted``: a row read with the columns of ``read_with`` (for a search its
+    ``narrow_count``, else the page's ``people_rows``); without it, a search counts its
+    matches first (``narrow_search``).
     """
     ad = adapter()
     search = filters.get("search")
-    direction = _direction(after, before)
-    if counted is not None:
-        read = counted["people_rows"]
-        if not search:
-            shape, _ = _shape(None, filters, size)
-            rows = json_rows.rows(read, _page_statement(ad, shape, direction))
-            return _as_page(rows, after, before, size)
-        mode = "narrow" if read[0] == "n" else "window"
-        shape, params = _shape(mode, filters, size)
-        rows = json_rows.rows(read[1:], _page_statement(ad, shape, direction))
-        if mode == "narrow":
-            return _as_page(rows, after, before, size)
-        params.update(cursor=before if before is not None else after, window=WALK_WINDOW)
-        return _from_window(session, ad, shape[1:], params, rows, after, before, size)
+    if counted is not None and "people_rows" in counted:
+        shape, _ = _shape(None, filters, size)
+        statement = _page_statement(ad, shape, _direction(after, before))
+        return _as_page(json_rows.rows(counted["people_rows"], statement), after, before, size)
     mode = None
-    if search:
+    if search and counted is not None:
+        mode = "narrow" if counted["narrow_count"] < NARROW_SEARCH else "walk"
+    elif search:
         mode = "narrow" if narrow_search(session, search) else "walk"
     shape, params = _shape(mode, filters, size)
     return _page(session, ad, shape, params, after, before, size)
@@ -423,7 +395,8 @@ def _direction(after, before) -> str | None:
 def _page(session, ad, shape, params, after, before, size) -> Page:
     """The page of ``page``: its statement for ``shape``, run after or before a cursor.
 
-    A walk reads its window first (``WALK_WINDOW``, ``_from_window``).
+    A walk reads its window first (``WALK_WINDOW``); the people found are those of the
+    unbounded walk whichever way the page is read.
     """
     mode, *filters = shape
     direction = _direction(after, before)
@@ -432,15 +405,6 @@ def _page(session, ad, shape, params, after, before, size) -> Page:
         return _as_page(_rows(session, ad, shape, direction, params), after, before, size)
     params["window"] = WALK_WINDOW
     rows = _rows(session, ad, ("window", *filters), direction, params)
-    return _from_window(session, ad, tuple(filters), params, rows, after, before, size)
-
-
-def _from_window(session, ad, filters: tuple, params, rows, after, before, size) -> Page:
-    """A walk's page from the ``rows`` its window gave: those, when they fill the page or
-    no id lies beyond the window; else the page from the key indexes (fewer than
-    WIDE_SEARCH entries) or from the walk on past the window. The people found are those
-    of the unbounded walk whichever way the page is read."""
-    direction = _direction(after, before)
     beyond = _beyond_window_statement(ad, direction)
     if len(rows) > size or _read(session, beyond, params).first() is None:
         return _as_page(rows, after, before, size)  # full, or no id lies beyond the window

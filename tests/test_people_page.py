@@ -605,12 +605,14 @@ def test_on_sqlite_the_key_range_alone_is_exactly_the_prefix_search():
 
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])
 @pytest.mark.parametrize("narrow_below", [1, 10_000], ids=["walk-in-id-order", "key-indexes"])
-def test_a_search_is_read_with_the_figures(request, database, narrow_below, monkeypatch):
-    """The People page reads a search's page with the seat figures (people.read_with: the
-    page its count of matches chooses, in the same statement): a search is one statement of
-    the page's own besides the host's user load (a walk whose window does not fill the page
-    asks one more: whether any id lies beyond the window), and finds the people that
-    counting first (people.page without ``counted``) finds."""
+def test_a_search_counts_its_matches_in_the_figures_statement(
+    request, database, narrow_below, monkeypatch
+):
+    """The People page reads a search's count of matches with the seat figures
+    (people.counted_with): a search is two statements of the page's own (the figures with
+    the count, the page of people) besides the host's user load (a walk that does not fill
+    its page asks one more: whether any id lies beyond its window), and finds the people
+    that counting first (people.page without ``counted``) finds."""
     from intranet_licenses import seats
     from intranet_licenses.models import utcnow
 
@@ -629,20 +631,20 @@ def test_a_search_is_read_with_the_figures(request, database, narrow_below, monk
     client = administrator_client(app)
     anna = user_id(app, "anna1")
     # (search, after, people found, statements when every search with a match walks)
-    for search, after, expected, walking in [("an", None, ["anna1", "zed"], 1),
-                                             ("an", anna, ["zed", "anton"], 2),
-                                             ("ZZ", None, [], 1),  # no match: no walk
-                                             ("adm", None, ["admin"], 2)]:  # fmt: skip
+    for search, after, expected, walking in [("an", None, ["anna1", "zed"], 2),
+                                             ("an", anna, ["zed", "anton"], 3),
+                                             ("ZZ", None, [], 2),  # no match: no walk
+                                             ("adm", None, ["admin"], 3)]:  # fmt: skip
         statements.clear()
         response = client.get(PEOPLE, query_string={"q": search, "after": after or ""})
         assert usernames_on(response) == expected, (search, after)
         ours = [s for s in statements if "password_hash" not in s]  # not the host's user load
-        assert len(ours) == (walking if narrow_below == 1 else 1), ours
-        assert "people_rows" in ours[0] and "licenses_seat_counter" in ours[0], ours
+        assert len(ours) == (walking if narrow_below == 1 else 2), ours
+        assert "narrow_count" in ours[0] and "licenses_profile.area" in ours[1], ours
         with app.test_request_context():
             by_counting = people.page(wsgi.db.session, after=after, size=2, search=search)
-            also, values = people.read_with(after=after, size=2, search=search)
-            row = wsgi.db.session.connection().execute(sa.select(*also), values).one()
+            count, values = people.counted_with(search)
+            row = wsgi.db.session.connection().execute(sa.select(*count), values).one()
             counted = people.page(wsgi.db.session, after=after, size=2, search=search,
                                   counted=row._mapping)  # fmt: skip
         assert [p.username for p in by_counting.rows] == expected
@@ -737,53 +739,3 @@ def test_a_page_without_a_search_is_read_with_the_figures(request, database):
         assert read == alone, query
         assert usernames_on(response) == [p.username for p in alone.rows], query
         assert len(alone.rows) == 2 or not alone.next_after, query
-
-
-@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
-@pytest.mark.parametrize("narrow_below", [1, 10_000], ids=["walk-in-id-order", "key-indexes"])
-def test_a_searchs_page_read_with_the_figures_is_the_page_read_alone(
-    request, database, narrow_below, monkeypatch
-):
-    """A search's page read with the figures (people.read_with: a CASE on its count of
-    matches picks the key indexes' page or the walk's window) is the page people.page reads
-    on its own, for filters, cursors both ways, no match and a window that does not fill."""
-    from intranet_licenses import seats
-    from intranet_licenses.models import utcnow
-
-    app = request.getfixturevalue("app" if database == "sqlite" else "postgres_app")
-    monkeypatch.setattr(people, "NARROW_SEARCH", narrow_below)
-    monkeypatch.setattr(people, "WALK_WINDOW", 4)
-    app.config["LICENSES_PAGE_SIZE"] = 2
-    with app.app_context():
-        for number in range(9):
-            first = "Ann" if number % 3 else "Olga"
-            user = seats.add_person(
-                wsgi.db.session, username=f"s{number}", first_name=first, surname="<Berg>",
-                email=f"s{number}@example.com", area="partners" if number % 2 else "primary",
-                readonly=False, actor="test", now=utcnow(), path="test",
-            )  # fmt: skip
-            if number % 4 == 0:
-                seats.block(wsgi.db.session, user, actor="test", now=utcnow(), path="test")
-        wsgi.db.session.commit()
-    statements = statements_run(app)
-    client = administrator_client(app)
-    middle = user_id(app, "s4")
-    for query in [{"q": "ann"}, {"q": "ann", "after": middle}, {"q": "ANN", "before": middle},
-                  {"q": "s", "state": "blocked"}, {"q": "ann", "area": "partners"},
-                  {"q": "olga", "after": middle}, {"q": "zz"}, {"q": "s8"},
-                  {"q": "ann", "reason": "admin", "before": middle}]:  # fmt: skip
-        statements.clear()
-        response = client.get(PEOPLE, query_string=query)
-        assert response.status_code == 200, query
-        ours = [s for s in statements if "password_hash" not in s]  # not the host's user load
-        assert "people_rows" in ours[0], (query, ours)
-        # Only a walk whose window does not fill the page reads on.
-        assert len(ours) == 1 if narrow_below > 1 else len(ours) <= 4, (query, ours)
-        filters = {("search" if k == "q" else k): v for k, v in query.items()}
-        with app.test_request_context():
-            alone = people.page(wsgi.db.session, size=2, **filters)
-            also, values = people.read_with(size=2, **filters)
-            row = wsgi.db.session.connection().execute(sa.select(*also), values).one()
-            read = people.page(wsgi.db.session, size=2, counted=row._mapping, **filters)
-        assert read == alone, query
-        assert usernames_on(response) == [p.username for p in alone.rows], query
