@@ -105,6 +105,16 @@ def column(statement, *, order_by, label: str):
     return select(_json_array_agg(*values)).scalar_subquery().label(label)
 
 
+def readable(statement) -> bool:
+    """Whether ``column`` takes ``statement``: JSON gives back every column it selects
+    unchanged (a host's own column type, a TypeDecorator, it does not)."""
+    try:
+        _reader(statement)
+    except TypeError:
+        return False
+    return True
+
+
 def rows(read, statement) -> list:
     """The rows ``column(statement, ...)`` read, as named tuples, in order.
 

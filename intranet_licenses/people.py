@@ -211,15 +211,20 @@ def read_with(*, after=None, before=None, size=50, **filters) -> tuple[tuple, di
         return counted_with(filters["search"])
     ad = adapter()
     shape, params = _shape(None, filters, size)
-    direction = _direction(after, before)
+    column = _rows_column(ad, shape, _direction(after, before))
+    if column is None:  # the host's columns are not all JSON's: ``page`` reads on its own
+        return (), {}
     params["cursor"] = before if before is not None else after
-    return (_rows_column(ad, shape, direction),), params
+    return (column,), params
 
 
 @functools.lru_cache(maxsize=256)
 def _rows_column(ad, shape: tuple, direction: str | None):
-    """The rows of ``_page_statement`` as one column, ``people_rows`` (in its id order)."""
+    """The rows of ``_page_statement`` as one column, ``people_rows`` (in its id order), or
+    None when JSON cannot give back one of the host's columns (json_rows.readable)."""
     statement = _page_statement(ad, shape, direction)
+    if not json_rows.readable(statement):
+        return None
     id_col = statement.selected_columns.id
     order = id_col.desc() if direction == "before" else id_col
     return json_rows.column(statement, order_by=(order,), label="people_rows")

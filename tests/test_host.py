@@ -170,3 +170,17 @@ def test_the_wheel_installed_in_a_new_virtualenv_serves_the_second_host(tmp_path
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "True"
     assert "/licensing/people 200" in result.stdout
+
+
+def test_the_people_page_reads_a_host_column_of_its_own_type(host):
+    """The member's email is a TypeDecorator of the host's (json_rows cannot give it back
+    unchanged): the People page reads its people on their own instead, with or without a
+    search or a filter, and shows what the host's type wrote."""
+    with host.app_context():
+        db.session.add(Member(login="mixed", given_name="Mia", family_name="Case",
+                              mail="Mia.Case@Example.COM"))  # fmt: skip
+        db.session.commit()
+    for path in ["/licensing/people", "/licensing/people?state=active", "/licensing/people?q=mi"]:
+        page = get(host, path, "root")
+        assert page.status_code == 200, path
+        assert "mia.case@example.com" in page.get_data(as_text=True), path

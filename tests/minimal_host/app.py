@@ -12,10 +12,21 @@ from flask import Flask, g, request
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import Boolean, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
 
 from intranet_licenses import Licenses, UserAdapter
 
 db = SQLAlchemy()
+
+
+class LowerCaseEmail(TypeDecorator):
+    """An email column of a type of the host's own (as sqlalchemy_utils' EmailType is)."""
+
+    impl = String(120)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        return value.lower() if value else value
 
 
 class Member(db.Model):
@@ -25,7 +36,7 @@ class Member(db.Model):
     login: Mapped[str] = mapped_column(String(80), unique=True)
     given_name: Mapped[str] = mapped_column(String(80))
     family_name: Mapped[str] = mapped_column(String(80))
-    mail: Mapped[str] = mapped_column(String(120), default="")
+    mail: Mapped[str] = mapped_column(LowerCaseEmail, default="")
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     roles: Mapped[str] = mapped_column(String(200), default="")
 
