@@ -90,6 +90,8 @@ def column(statement, *, order_by, label: str):
     columns the statement selects; a column of a type JSON cannot give back is refused.
     """
     _reader(statement)  # refuses a column JSON cannot give back
+    # An ORM attribute as it is (``Model.name``) is its column: checked and adapted as one.
+    order_by = [getattr(e, "__clause_element__", lambda e=e: e)() for e in order_by]
     selected = list(statement.selected_columns)
     # A column the statement selects under a label may be named by itself too.
     selected_ids = {id(c) for c in selected} | {id(getattr(c, "element", c)) for c in selected}

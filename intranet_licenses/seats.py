@@ -258,7 +258,9 @@ class PoolFigures:
         return self.limit is not None and self.used > self.limit
 
 
-@functools.lru_cache(maxsize=8)  # keyed by ``also``: a tuple its callers build once
+# Keyed by ``also``, a tuple its callers build once: the License page's, a search's count,
+# and the People page's page of people for each shape of filters and direction (72).
+@functools.lru_cache(maxsize=256)
 def _figures_statements(also: tuple = ()):
     """Two selects: the license in force, the license state last seen
     (``notifications.notice_license_state``) and the columns ``also``, in one row; and the

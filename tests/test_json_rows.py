@@ -7,6 +7,7 @@ from datetime import datetime
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from intranet_licenses import json_rows
 
@@ -103,3 +104,24 @@ def test_a_column_json_cannot_give_back_unchanged_is_refused(type_):
 def test_an_order_on_a_column_not_selected_is_refused():
     with pytest.raises(ValueError, match="not selected"):
         json_rows.column(sa.select(_things.c.name), order_by=(_things.c.id,), label="things")
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+class _Thing(_Base):
+    __tablename__ = "json_rows_orm_things"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str]
+    rank: Mapped[int]
+
+
+def test_an_order_on_an_orm_attribute_not_selected_is_refused():
+    """A bare ORM attribute is checked as its column (unchecked, it was read from the table
+    beside the subquery: every row once per row of the table)."""
+    statement = sa.select(_Thing.id, _Thing.name)
+    for order in (_Thing.rank, _Thing.rank.desc()):
+        with pytest.raises(ValueError, match="not selected"):
+            json_rows.column(statement, order_by=(order,), label="things")
+    json_rows.column(statement, order_by=(_Thing.name,), label="things")  # selected: taken
