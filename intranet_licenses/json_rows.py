@@ -19,6 +19,7 @@ import functools
 import json
 from collections import namedtuple
 from datetime import datetime
+from operator import itemgetter
 
 from sqlalchemy import Boolean, DateTime, Enum, Integer, String, func, select
 from sqlalchemy.exc import CompileError
@@ -125,20 +126,22 @@ def rows(read, statement) -> list:
     """
     if read is None:
         return []
-    row_type, converters = _reader(statement)
-    return [
-        row_type._make(
-            value if value is None else convert(value)
-            for convert, value in zip(converters, values[1:], strict=True)
-        )
-        for values in sorted(json.loads(read), key=lambda values: values[0])
-    ]
+    row_type, converted = _reader(statement)
+    found = sorted(json.loads(read), key=itemgetter(0))
+    for values in found:
+        for place, convert in converted:
+            if values[place] is not None:
+                values[place] = convert(values[place])
+    return [row_type._make(values[1:]) for values in found]
 
 
 @functools.cache
 def _reader(statement) -> tuple[type, list]:
-    """The named tuple of ``statement``'s rows and each column's converter (built once per
-    statement: the License page reads its lists on every view)."""
+    """The named tuple of ``statement``'s rows, and the place in a JSON row (after its
+    ordinal) and converter of each column whose value JSON does not give as it is (built
+    once per statement: the License and People pages read their lists on every view)."""
     selected = list(statement.selected_columns)
     row_type = namedtuple("JsonRow", [c.key for c in selected])
-    return row_type, [_converter(c) for c in selected]
+    converters = [_converter(c) for c in selected]
+    converted = [(place, f) for place, f in enumerate(converters, start=1) if f is not _as_is]
+    return row_type, converted
