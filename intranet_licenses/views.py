@@ -248,8 +248,8 @@ def people_page():
         else None,
     }
     where = {"after": _int_arg("after"), "before": _int_arg("before"), "size": config("PAGE_SIZE")}
-    # Read with the figures: a search's count of matches, or else the page of people itself.
-    also, values = people.read_with(**where, **filters)
+    # Read with the figures: a search's count of matches, or the page of people itself.
+    also, values = people.read_with(session, **where, **filters)
     reading = _reading(session, utcnow(), also=also, params=values)
     listing = people.page(session, **where, counted=reading.row, **filters)
     return render_template(

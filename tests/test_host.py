@@ -19,10 +19,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture
 def host(tmp_path, vendor_key, make_license):
+    yield from _host_on(f"sqlite:///{tmp_path / 'members.db'}", tmp_path, vendor_key, make_license)
+
+
+def _host_on(url, tmp_path, vendor_key, make_license):
     app = create_app(
         {
             "TESTING": True,
-            "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'members.db'}",
+            "SQLALCHEMY_DATABASE_URI": url,
             "LICENSES_PUBLIC_KEYS": [vendor_key.public_path.read_text()],
             "LICENSES_SITE_NAME": "members.example.com",
         }
@@ -172,10 +176,19 @@ def test_the_wheel_installed_in_a_new_virtualenv_serves_the_second_host(tmp_path
     assert "/licensing/people 200" in result.stdout
 
 
-def test_the_people_page_reads_a_host_column_of_its_own_type(host):
+@pytest.fixture
+def postgres_host(postgres_url, tmp_path, vendor_key, make_license):
+    url = postgres_url.replace("postgresql://", "postgresql+psycopg://", 1)
+    yield from _host_on(url, tmp_path, vendor_key, make_license)
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_the_people_page_reads_a_host_column_of_its_own_type(request, database):
     """The member's email is a TypeDecorator of the host's (json_rows cannot give it back
-    unchanged): the People page reads its people on their own instead, with or without a
-    search or a filter, and shows what the host's type wrote."""
+    unchanged): on PostgreSQL the People page reads its people on their own instead of with
+    the figures, with or without a search or a filter, and shows what the host's type
+    wrote."""
+    host = request.getfixturevalue("host" if database == "sqlite" else "postgres_host")
     with host.app_context():
         db.session.add(Member(login="mixed", given_name="Mia", family_name="Case",
                               mail="Mia.Case@Example.COM"))  # fmt: skip

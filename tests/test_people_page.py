@@ -701,10 +701,10 @@ def test_a_walk_reads_its_window_first_and_finds_the_same_pages(
 
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])
 def test_a_page_without_a_search_is_read_with_the_figures(request, database):
-    """Without a search the page of people is a column of the figures statement
-    (people.read_with, JSON): one statement of the page's own besides the host's user load,
-    and the same people, cursors and order as reading the page on its own, for every filter
-    and both directions."""
+    """Without a search, on PostgreSQL, the page of people is a column of the figures
+    statement (people.read_with, JSON): one statement of the page's own besides the host's
+    user load, and the same people, cursors and order as reading the page on its own, for
+    every filter and both directions. On SQLite the page is a statement of its own."""
     from intranet_licenses import seats
     from intranet_licenses.models import utcnow
 
@@ -730,12 +730,18 @@ def test_a_page_without_a_search_is_read_with_the_figures(request, database):
         response = client.get(PEOPLE, query_string=query)
         assert response.status_code == 200, query
         ours = [s for s in statements if "password_hash" not in s]  # not the host's user load
-        assert len(ours) == 1 and "people_rows" in ours[0], (query, ours)
+        if database == "sqlite":
+            assert len(ours) == 2 and "people_rows" not in " ".join(ours), (query, ours)
+        else:
+            assert len(ours) == 1 and "people_rows" in ours[0], (query, ours)
         with app.test_request_context():
-            alone = people.page(wsgi.db.session, size=2, **query)
-            also, values = people.read_with(size=2, **query)
-            row = wsgi.db.session.connection().execute(sa.select(*also), values).one()
-            read = people.page(wsgi.db.session, size=2, counted=row._mapping, **query)
-        assert read == alone, query
+            session = wsgi.db.session
+            alone = people.page(session, size=2, **query)
+            also, values = people.read_with(session, size=2, **query)
+            assert bool(also) == (database == "postgresql"), query
+            if also:
+                row = session.connection().execute(sa.select(*also), values).one()
+                read = people.page(session, size=2, counted=row._mapping, **query)
+                assert read == alone, query
         assert usernames_on(response) == [p.username for p in alone.rows], query
         assert len(alone.rows) == 2 or not alone.next_after, query
