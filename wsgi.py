@@ -154,10 +154,11 @@ def create_app(test_config: dict | None = None, instance_path: str | None = None
     if app.config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql+psycopg://"):
         # The extension's pages read on a pool of their own, where psycopg keeps their
         # statements prepared and PostgreSQL plans each once (intranet_licenses/reads.py).
-        app.config.setdefault("SQLALCHEMY_BINDS", {"licenses_reads": {
+        # Added to the binds the configuration may name already, not instead of them.
+        app.config.setdefault("SQLALCHEMY_BINDS", {}).setdefault("licenses_reads", {
             "url": app.config["SQLALCHEMY_DATABASE_URI"],
             "connect_args": {"options": "-c plan_cache_mode=force_generic_plan"},
-        }})  # fmt: skip
+        })  # fmt: skip
         app.config.setdefault("LICENSES_READ_BIND", "licenses_reads")
     if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
         app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"connect_args": {"timeout": 30}})

@@ -98,6 +98,7 @@ def log_in(port: int) -> str:
     conn.request("GET", "/admin/licenses/", headers={"Cookie": cookie})
     response = conn.getresponse()
     response.read()
+    assert response.status == 200, f"the License page after the login: {response.status}"
     cookie = (response.getheader("Set-Cookie") or cookie).split(";")[0]
     conn.close()
     return cookie

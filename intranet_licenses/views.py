@@ -247,11 +247,15 @@ def people_page():
         if request.args.get("reason") in BLOCK_REASONS
         else None,
     }
-    where = {"after": _int_arg("after"), "before": _int_arg("before"), "size": config("PAGE_SIZE")}
+    paging = {
+        "after": _int_arg("after"),
+        "before": _int_arg("before"),
+        "size": config("PAGE_SIZE"),
+    }
     # Read with the figures: a search's count of matches, or the page of people itself.
-    also, values = people.read_with(session, **where, **filters)
+    also, values = people.read_with(session, **paging, **filters)
     reading = _reading(session, utcnow(), also=also, params=values)
-    listing = people.page(session, **where, counted=reading.row, **filters)
+    listing = people.page(session, **paging, counted=reading.row, **filters)
     return render_template(
         "licenses/people.html",
         listing=listing,

@@ -135,3 +135,23 @@ def test_a_document_id_past_the_integer_range_is_not_found(demo):
     client.post("/login", data={"username": "jennifer", "password": "s3cret pass"})
     assert client.get("/documents/1").status_code == 200
     assert client.get("/documents/9223372036854775808").status_code == 404
+
+
+def test_the_demo_adds_its_read_pool_to_binds_already_configured(tmp_path):
+    """On PostgreSQL the demo adds the pages' read bind to the binds the configuration names
+    (it used to keep theirs and drop its own, while LICENSES_READ_BIND still named it: every
+    figure page a KeyError)."""
+    app = wsgi.create_app(
+        {
+            "SQLALCHEMY_DATABASE_URI": "postgresql://nobody@127.0.0.1:1/none",
+            "SQLALCHEMY_BINDS": {"archive": f"sqlite:///{tmp_path / 'archive.db'}"},
+        },
+        instance_path=str(tmp_path / "instance"),
+    )
+    binds = app.config["SQLALCHEMY_BINDS"]
+    assert set(binds) == {"archive", "licenses_reads"}
+    assert app.config["LICENSES_READ_BIND"] == "licenses_reads"
+    assert binds["licenses_reads"]["url"].startswith("postgresql+psycopg://nobody@")
+    with app.app_context():
+        assert set(wsgi.db.engines) == {None, "archive", "licenses_reads"}
+        wsgi.dispose_engines()

@@ -124,4 +124,26 @@ def test_an_order_on_an_orm_attribute_not_selected_is_refused():
     for order in (_Thing.rank, _Thing.rank.desc()):
         with pytest.raises(ValueError, match="not selected"):
             json_rows.column(statement, order_by=(order,), label="things")
-    json_rows.column(statement, order_by=(_Thing.name,), label="things")  # selected: taken
+    column = json_rows.column(statement, order_by=(_Thing.name,), label="things")
+    engine = sa.create_engine("sqlite://")
+    _Base.metadata.create_all(engine)
+    with engine.begin() as conn:
+        things = [{"id": n, "name": f"t{3 - n}", "rank": n} for n in range(4)]
+        conn.execute(sa.insert(_Thing), things)
+        read = conn.execute(sa.select(column)).scalar_one()
+    engine.dispose()
+    # Each row once (not once per row of the table), in the order asked for.
+    found = [(r.id, r.name) for r in json_rows.rows(read, statement)]
+    assert found == [(3, "t0"), (2, "t1"), (1, "t2"), (0, "t3")]
+    assert json_rows.readable(statement)
+
+
+def test_readable_says_whether_json_gives_every_column_back():
+    class Lower(sa.types.TypeDecorator):
+        impl = sa.String(20)
+        cache_ok = True
+
+    table = sa.Table("json_rows_typed", sa.MetaData(), sa.Column("id", sa.Integer),
+                     sa.Column("email", Lower()))  # fmt: skip
+    assert json_rows.readable(sa.select(table.c.id))
+    assert not json_rows.readable(sa.select(table.c.id, table.c.email))

@@ -50,8 +50,8 @@ def test_a_pages_statements_stay_prepared_while_host_pages_roll_back(postgres_ap
 
 
 def test_the_pages_read_outside_the_hosts_transaction(postgres_app):
-    """The reads run on the bind's connection in autocommit: the host's session runs only
-    the host's statement (the user load), and nothing of ours begins or ends a transaction."""
+    """The reads run on the bind's connection: the host's session runs only the host's
+    statement (the user load), and ours run on the bind's."""
     seen = {}
     with postgres_app.app_context():
         for name, engine in wsgi.db.engines.items():
