@@ -12,10 +12,10 @@ database, named in ``LICENSES_READ_BIND``. The pages then read on one connection
 request, in autocommit mode: no BEGIN, no ROLLBACK, no transaction at all, so psycopg keeps
 their statements prepared, and the host's own pages, which roll back on the host's
 connections, do not take the plans away. The host's session and transaction are not touched
-(the fourth session's way, committing a page's transaction when it wrote nothing, kept what
-a host did without writing a row, and kept the plans only on a connection that served
-nothing else). What the request changed and did not commit is not seen by these reads; the
-pages that use them (License, Summary, People) change nothing before they read.
+by the reads (committing a page's transaction when it had written nothing was tried and
+reverted: docs/performance.md, section 1). What the request changed and did not commit is
+not seen by these reads; the pages that use them (License, Summary, People) change nothing
+before they read.
 """
 
 from __future__ import annotations
